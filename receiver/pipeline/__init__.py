@@ -1,0 +1,1 @@
+"""Bounded hand-offs between the receive path and the analysis stages."""
