@@ -1,0 +1,200 @@
+"""The HTTP API: health, readiness, Prometheus metrics, graph, findings, flush, incidents.
+
+The API knows nothing of the stages: the composition root hands it an `ApiSources` of callables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from receiver.component import StageConfig, require
+from receiver.errors import ConfigError
+
+log = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("page.html")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ApiConfig(StageConfig):
+    endpoint: str = "127.0.0.1:8080"
+    # Optional bearer token for /api/v1/* (health, ready and metrics stay open for probes).
+    auth_tokens: list[str] = field(default_factory=list)
+    max_findings_limit: int = 1000
+
+    def validate(self) -> None:
+        host, sep, port = self.endpoint.rpartition(":")
+        require(bool(sep) and port.isdigit() and 0 <= int(port) < 65536, "endpoint",
+                f"must be HOST:PORT, got {self.endpoint!r}")
+        require(self.max_findings_limit > 0, "max_findings_limit", "must be > 0")
+
+
+@dataclass
+class ApiSources:
+    """What the API reads and triggers. Every callable is synchronous unless typed as awaitable."""
+
+    graph_snapshot: Callable[[], dict[str, Any]]
+    list_findings: Callable[[int, str | None, str | None, int | None], list[dict[str, Any]]]
+    flush: Callable[[], Awaitable[dict[str, Any]]]
+    ready: Callable[[], tuple[bool, str]]
+    list_incidents: Callable[[str | None, int], list[dict[str, Any]]] | None = None
+    get_incident: Callable[[str], dict[str, Any] | None] | None = None
+    add_resolution: Callable[[str, str, str], dict[str, Any] | None] | None = None
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"query parameter {name!r} must be an integer"}),
+                                 content_type="application/json") from e
+
+
+class ApiServer:
+    def __init__(self, config: ApiConfig, sources: ApiSources, registry: CollectorRegistry,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.sources = sources
+        self.registry = registry
+        self.ssl_context = ssl_context
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self._flush_lock = asyncio.Lock()
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.add_routes([
+            web.get("/", self.page),
+            web.get("/health", self.health),
+            web.get("/ready", self.ready),
+            web.get("/metrics", self.metrics),
+            web.get("/api/v1/graph", self.graph),
+            web.get("/api/v1/findings", self.findings),
+            web.post("/api/v1/flush", self.flush),
+            web.get("/api/v1/incidents", self.incidents),
+            web.get("/api/v1/incidents/{id}", self.incident),
+            web.post("/api/v1/incidents/{id}/resolution", self.resolution),
+        ])
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.config.auth_tokens and request.path.startswith("/api/"):
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or token.strip() not in self.config.auth_tokens:
+                return _error(401, "missing or invalid bearer token")
+        return await handler(request)
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        host, port = split_endpoint(self.config.endpoint)
+        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 - aiohttp exposes no getter
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("HTTP API listening on %s:%s", host, self.port)
+
+    async def shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- handlers -------------------------------------------------------------------------
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        if PAGE.exists():
+            return web.FileResponse(PAGE)
+        return web.Response(text="llm-log-analyzer: see /api/v1/graph and /api/v1/findings\n")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ok, detail = self.sources.ready()
+        return web.json_response({"ready": ok, "detail": detail}, status=200 if ok else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def graph(self, request: web.Request) -> web.Response:
+        snap = await asyncio.get_running_loop().run_in_executor(None, self.sources.graph_snapshot)
+        return web.json_response(snap)
+
+    async def findings(self, request: web.Request) -> web.Response:
+        limit = _int_param(request, "limit", 100) or 100
+        if limit < 1 or limit > self.config.max_findings_limit:
+            return _error(400, f"limit must be between 1 and {self.config.max_findings_limit}")
+        since = _int_param(request, "since", None)
+        event_name = request.query.get("event_name") or None
+        service = request.query.get("service") or None
+        rows = await asyncio.get_running_loop().run_in_executor(
+            None, self.sources.list_findings, limit, event_name, service, since)
+        return web.json_response(rows)
+
+    async def flush(self, request: web.Request) -> web.Response:
+        async with self._flush_lock:
+            result = await self.sources.flush()
+        return web.json_response(result)
+
+    async def incidents(self, request: web.Request) -> web.Response:
+        if self.sources.list_incidents is None:
+            return _error(404, "incidents are not enabled")
+        limit = _int_param(request, "limit", 100) or 100
+        status = request.query.get("status") or None
+        rows = await asyncio.get_running_loop().run_in_executor(
+            None, self.sources.list_incidents, status, limit)
+        return web.json_response(rows)
+
+    async def incident(self, request: web.Request) -> web.Response:
+        if self.sources.get_incident is None:
+            return _error(404, "incidents are not enabled")
+        row = await asyncio.get_running_loop().run_in_executor(
+            None, self.sources.get_incident, request.match_info["id"])
+        if row is None:
+            return _error(404, f"no incident {request.match_info['id']!r}")
+        return web.json_response(row)
+
+    async def resolution(self, request: web.Request) -> web.Response:
+        if self.sources.add_resolution is None:
+            return _error(404, "incidents are not enabled")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body must be JSON: {\"note\": \"...\", \"author\": \"...\"}")
+        if not isinstance(body, dict) or not isinstance(body.get("note"), str) or not body["note"].strip():
+            return _error(400, "field 'note' (non-empty string) is required")
+        author = body.get("author") if isinstance(body.get("author"), str) else ""
+        row = await asyncio.get_running_loop().run_in_executor(
+            None, self.sources.add_resolution, request.match_info["id"], body["note"], author)
+        if row is None:
+            return _error(404, f"no incident {request.match_info['id']!r}")
+        return web.json_response(row)
+
+
+__all__ = ["ApiConfig", "ApiServer", "ApiSources", "ConfigError", "split_endpoint"]
