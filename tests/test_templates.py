@@ -1,0 +1,206 @@
+"""TemplateMiner: API, parameters, caps + eviction metrics, persistence, thread safety."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from receiver.errors import ConfigError
+from receiver.logs.masking import Masker
+from receiver.logs.templates import TemplateMatch, TemplateMiner, TemplatesConfig
+
+
+def metric(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
+    value = registry.get_sample_value(name, labels or {})
+    assert value is not None, name
+    return value
+
+
+def test_match_groups_lines_and_extracts_params() -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    a = miner.match("hdfs", "PacketResponder 1 for block blk_38865049064139660 terminating")
+    b = miner.match("hdfs", "PacketResponder 0 for block blk_-6952295868487656571 terminating")
+    assert isinstance(a, TemplateMatch)
+    assert a.is_new and not b.is_new
+    assert a.template_id == b.template_id
+    assert b.template == "PacketResponder <*> for block <*> terminating"
+    assert b.params == ["0", "blk_-6952295868487656571"]
+    assert miner.template("hdfs", a.template_id) == b.template
+    assert miner.templates("hdfs") == {a.template_id: b.template}
+    assert miner.template("hdfs", 999) is None
+    assert miner.template("nope", a.template_id) is None
+
+
+def test_generalised_positions_become_params() -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    miner.match("s", "Invalid user webmaster from 173.234.31.186")
+    m = miner.match("s", "Invalid user admin from 10.0.0.1")
+    assert m.template == "Invalid user <*> from <*>"
+    assert m.params == ["admin", "10.0.0.1"]
+    # a cached masked form that was learnt before the generalisation still yields all params
+    again = miner.match("s", "Invalid user webmaster from 1.2.3.4")
+    assert again.template_id == m.template_id
+    assert again.params == ["webmaster", "1.2.3.4"]
+
+
+def test_services_are_separate_and_ids_stable() -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    a = miner.match("a", "connection opened")
+    b = miner.match("b", "disk full on volume 3")
+    c = miner.match("a", "connection closed by peer")
+    assert a.template_id == 1 and b.template_id == 1 and c.template_id == 2
+    assert miner.match("a", "connection opened").template_id == 1
+    assert set(miner.templates("a").values()) == {"connection opened", "connection closed by peer"}
+
+
+def test_masking_spans() -> None:
+    masker = Masker()
+    masked, params = masker.mask(
+        "GET http://x.example.com/a?b=1 from 10.1.2.3:8080 id 123e4567-e89b-12d3-a456-426614174000 took 15ms"
+    )
+    assert masked == "GET <*> from <*> id <*> took <*>"
+    assert params == [
+        "http://x.example.com/a?b=1",
+        "10.1.2.3:8080",
+        "123e4567-e89b-12d3-a456-426614174000",
+        "15ms",
+    ]
+    assert masker.mask("no variables here") == ("no variables here", [])
+
+
+def test_template_cap_evicts_least_recently_matched_and_counts() -> None:
+    reg = CollectorRegistry()
+    miner = TemplateMiner(TemplatesConfig(max_templates_per_service=3), registry=reg)
+    first = miner.match("s", "alpha event happened").template_id
+    miner.match("s", "beta thing")
+    miner.match("s", "gamma other thing here")
+    miner.match("s", "alpha event happened")  # alpha is now most recent; beta is the LRU
+    miner.match("s", "delta four five six seven")
+    templates = miner.templates("s")
+    assert len(templates) == 3
+    assert "beta thing" not in templates.values()
+    assert first in templates
+    assert metric(reg, "log_templates_evicted_total", {"reason": "service_templates_cap"}) == 1
+    assert metric(reg, "log_templates_active") == 3
+    # the evicted template's cached form is not reused: it comes back as a new template
+    again = miner.match("s", "beta thing")
+    assert again.is_new and again.template_id not in templates
+
+
+def test_service_cap_evicts_oldest_service_and_counts() -> None:
+    reg = CollectorRegistry()
+    miner = TemplateMiner(TemplatesConfig(max_services=2), registry=reg)
+    miner.match("a", "x happened")
+    miner.match("b", "y happened")
+    miner.match("a", "x happened")
+    miner.match("c", "z happened")  # b is least recently seen
+    assert sorted(miner.services()) == ["a", "c"]
+    assert miner.templates("b") == {}
+    assert metric(reg, "log_template_services_evicted_total") == 1
+    assert metric(reg, "log_templates_evicted_total", {"reason": "service_evicted"}) == 1
+
+
+def test_cache_cap_counts_drops() -> None:
+    reg = CollectorRegistry()
+    miner = TemplateMiner(TemplatesConfig(cache_size=4), registry=reg)
+    for i in range(20):
+        miner.match("s", f"request handled by worker w{chr(97 + i)}x")
+    assert miner._cache_entries <= 4
+    assert metric(reg, "log_template_cache_evicted_total") > 0
+
+
+def test_bucket_cap_evicts() -> None:
+    reg = CollectorRegistry()
+    miner = TemplateMiner(TemplatesConfig(max_bucket_templates=2, similarity_threshold=1.0), registry=reg)
+    for word in ("red", "green", "blue"):
+        miner.match("s", f"colour {word} apple")
+    assert len(miner.templates("s")) == 2
+    assert metric(reg, "log_templates_evicted_total", {"reason": "bucket_cap"}) == 1
+
+
+def test_save_load_restores_ids_and_templates(tmp_path) -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    ids = {}
+    for line in ("Started job 12 on node a", "Started job 13 on node b", "Stopped service foo cleanly"):
+        m = miner.match("svc", line)
+        ids[m.template] = m.template_id
+    miner.match("other", "hello world")
+    path = tmp_path / "state" / "templates.json"
+    miner.save(str(path))
+    assert json.loads(path.read_text())["version"] == 1
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".templates-")]
+
+    fresh = TemplateMiner(TemplatesConfig())
+    assert fresh.load(str(path)) == 3
+    assert fresh.templates("svc") == miner.templates("svc")
+    assert fresh.templates("other") == {1: "hello world"}
+    m = fresh.match("svc", "Started job 99 on node z")
+    assert not m.is_new
+    assert m.template_id == ids[m.template]
+    new = fresh.match("svc", "a brand new kind of line")
+    assert new.is_new and new.template_id == max(ids.values()) + 1
+
+
+def test_load_rejects_garbage_and_keeps_state(tmp_path) -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    miner.match("s", "keep me")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError):
+        miner.load(str(bad))
+    bad.write_text(json.dumps({"version": 1, "services": {"s": {"templates": [{"tokens": ["x"]}]}}}))
+    with pytest.raises(ValueError):
+        miner.load(str(bad))
+    assert miner.templates("s") == {1: "keep me"}
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="templates.similarity_threshold"):
+        TemplatesConfig(similarity_threshold=0).validate()
+    with pytest.raises(ConfigError, match="templates.max_services"):
+        TemplatesConfig(max_services=0).validate()
+    with pytest.raises(ConfigError, match="templates.extra_mask_patterns"):
+        TemplatesConfig(extra_mask_patterns=["(unclosed"]).validate()
+    with pytest.raises(ConfigError, match="templates.extra_mask_patterns"):
+        TemplatesConfig(extra_mask_patterns=["(a)b"]).validate()
+
+
+def test_extra_mask_patterns_apply_first() -> None:
+    miner = TemplateMiner(TemplatesConfig(extra_mask_patterns=[r"\bORD-[A-Z]+\b"]))
+    m = miner.match("s", "order ORD-ABC shipped")
+    assert m.template == "order <*> shipped"
+    assert m.params == ["ORD-ABC"]
+
+
+def test_bad_input_is_handled() -> None:
+    miner = TemplateMiner(TemplatesConfig(max_line_chars=50, max_tokens=5))
+    assert miner.match("s", "").template == ""
+    long = miner.match("s", "word " * 100)
+    assert long.template.split() == ["word"] * 4 + ["<*>"]
+    assert miner.match("s", None).template == ""  # type: ignore[arg-type]
+
+
+def test_thread_safety_basic() -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(500):
+                m = miner.match(f"svc{k % 2}", f"user u{i} logged in from 10.0.{k}.{i % 250}")
+                assert m.template_id >= 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert miner.lines == 2000
+    for svc in ("svc0", "svc1"):
+        assert len(miner.templates(svc)) == 1
