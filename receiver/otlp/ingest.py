@@ -1,0 +1,165 @@
+"""Transport-independent export logic shared by the gRPC servicers and the OTLP/HTTP handlers:
+validate, hand the accepted records downstream, count, build the (partial-success) response."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from prometheus_client import CollectorRegistry, Counter
+
+from receiver.model import LogsConsumer, TracesConsumer
+from receiver.otlp.status import WireError, from_exception
+from receiver.otlp.validate import validate_logs, validate_traces
+
+TRACES = "traces"
+LOGS = "logs"
+
+
+class ReceiverMetrics:
+    """Self-metrics named as the Collector's receiverhelper names them."""
+
+    def __init__(self, registry: CollectorRegistry, receiver: str = "otlp") -> None:
+        self.receiver = receiver
+        labels = ["receiver", "transport"]
+        self.accepted_spans = Counter(
+            "otelcol_receiver_accepted_spans",
+            "Spans successfully pushed into the pipeline.",
+            labels,
+            registry=registry,
+        )
+        self.refused_spans = Counter(
+            "otelcol_receiver_refused_spans",
+            "Spans that could not be pushed into the pipeline (invalid, or pipeline refused them).",
+            labels,
+            registry=registry,
+        )
+        self.accepted_logs = Counter(
+            "otelcol_receiver_accepted_log_records",
+            "Log records successfully pushed into the pipeline.",
+            labels,
+            registry=registry,
+        )
+        self.refused_logs = Counter(
+            "otelcol_receiver_refused_log_records",
+            "Log records that could not be pushed into the pipeline (invalid, or pipeline refused them).",
+            labels,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "otelcol_receiver_requests",
+            "Export requests received, by outcome "
+            "(success, partial, refused, invalid, too_large, unauthenticated, unimplemented, internal).",
+            [*labels, "signal", "outcome"],
+            registry=registry,
+        )
+
+    def request(self, transport: str, signal: str, outcome: str) -> None:
+        self.requests.labels(self.receiver, transport, signal, outcome).inc()
+
+
+def outcome_for(err: WireError) -> str:
+    name = err.code.name
+    return {
+        "UNAVAILABLE": "refused",
+        "INVALID_ARGUMENT": "invalid",
+        "RESOURCE_EXHAUSTED": "too_large",
+        "UNAUTHENTICATED": "unauthenticated",
+        "UNIMPLEMENTED": "unimplemented",
+    }.get(name, "internal")
+
+
+def _takes_items(consumer: Any, method: str) -> bool:
+    """BoundedQueue.consume_* accept `items=` so the queue need not count again."""
+    fn = getattr(consumer, method, None)
+    if fn is None:
+        return False
+    try:
+        return "items" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Ingest:
+    def __init__(
+        self,
+        traces: TracesConsumer | None,
+        logs: LogsConsumer | None,
+        metrics: ReceiverMetrics,
+        default_retry_after_s: float,
+    ) -> None:
+        self.traces = traces
+        self.logs = logs
+        self.metrics = metrics
+        self._retry_after = default_retry_after_s
+        self._traces_items = _takes_items(traces, "consume_traces")
+        self._logs_items = _takes_items(logs, "consume_logs")
+
+    def export_traces(self, req: ExportTraceServiceRequest, transport: str) -> ExportTraceServiceResponse:
+        """Raises WireError when the pipeline refuses the request."""
+        assert self.traces is not None
+        m = self.metrics
+        v = validate_traces(req)
+        resp = ExportTraceServiceResponse()
+        if v.total == 0:
+            m.request(transport, TRACES, "success")
+            return resp
+        if v.accepted:
+            try:
+                if self._traces_items:
+                    self.traces.consume_traces(v.request, items=v.accepted)  # type: ignore[call-arg]
+                else:
+                    self.traces.consume_traces(v.request)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - mapped to a wire status in one place
+                err = from_exception(exc, self._retry_after)
+                m.refused_spans.labels(m.receiver, transport).inc(v.total)
+                m.request(transport, TRACES, outcome_for(err))
+                err.counted = True
+                raise err from exc
+            m.accepted_spans.labels(m.receiver, transport).inc(v.accepted)
+        if v.rejected:
+            m.refused_spans.labels(m.receiver, transport).inc(v.rejected)
+            resp.partial_success.rejected_spans = v.rejected
+            resp.partial_success.error_message = v.message
+            m.request(transport, TRACES, "partial")
+        else:
+            m.request(transport, TRACES, "success")
+        return resp
+
+    def export_logs(self, req: ExportLogsServiceRequest, transport: str) -> ExportLogsServiceResponse:
+        assert self.logs is not None
+        m = self.metrics
+        v = validate_logs(req)
+        resp = ExportLogsServiceResponse()
+        if v.total == 0:
+            m.request(transport, LOGS, "success")
+            return resp
+        if v.accepted:
+            try:
+                if self._logs_items:
+                    self.logs.consume_logs(v.request, items=v.accepted)  # type: ignore[call-arg]
+                else:
+                    self.logs.consume_logs(v.request)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001
+                err = from_exception(exc, self._retry_after)
+                m.refused_logs.labels(m.receiver, transport).inc(v.total)
+                m.request(transport, LOGS, outcome_for(err))
+                err.counted = True
+                raise err from exc
+            m.accepted_logs.labels(m.receiver, transport).inc(v.accepted)
+        if v.rejected:
+            m.refused_logs.labels(m.receiver, transport).inc(v.rejected)
+            resp.partial_success.rejected_log_records = v.rejected
+            resp.partial_success.error_message = v.message
+            m.request(transport, LOGS, "partial")
+        else:
+            m.request(transport, LOGS, "success")
+        return resp

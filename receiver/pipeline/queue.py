@@ -1,0 +1,250 @@
+"""BoundedQueue: the hand-off between the receive path and the analysis stages.
+
+Ingest never waits on analysis: `consume_traces` / `consume_logs` only append to a bounded in-memory
+queue (capacity counted in items = spans + log records) and return. Worker thread(s) deliver each
+request to every downstream consumer. When the queue is full the caller gets `RetryableError` (the
+receiver answers UNAVAILABLE + RetryInfo / 503 + Retry-After) -- data is never dropped silently.
+
+A request larger than the whole capacity is accepted when the queue is empty (otherwise it could never
+be accepted), so the capacity may be exceeded by at most one request.
+
+A consumer that raises is logged (rate-limited) and counted in
+`llm_log_analyzer_queue_consumer_errors_total`; the worker keeps going and the other consumers still get
+the request.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from receiver.component import StageConfig, non_negative, positive, require
+from receiver.errors import RetryableError
+from receiver.model import (
+    ExportLogsServiceRequest,
+    ExportTraceServiceRequest,
+    LogsConsumer,
+    TracesConsumer,
+)
+
+log = logging.getLogger(__name__)
+
+TRACES = "traces"
+LOGS = "logs"
+
+
+@dataclass
+class QueueConfig(StageConfig):
+    capacity_items: int = 100_000  # spans + log records waiting for delivery
+    workers: int = 1  # >1 only if every downstream consumer is thread-safe
+    retry_after_s: float = 1.0  # suggested to clients when full
+    shutdown_timeout_s: float = 30.0  # how long shutdown waits to deliver what is queued
+
+    def validate(self) -> None:
+        super().validate()
+        require(isinstance(self.capacity_items, int), "queue.capacity_items", "must be an integer")
+        positive(self.capacity_items, "queue.capacity_items")
+        require(
+            isinstance(self.workers, int) and 1 <= self.workers <= 64,
+            "queue.workers",
+            f"must be an integer in 1..64, got {self.workers!r}",
+        )
+        positive(self.retry_after_s, "queue.retry_after_s")
+        non_negative(self.shutdown_timeout_s, "queue.shutdown_timeout_s")
+
+
+def count_spans(req: ExportTraceServiceRequest) -> int:
+    return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+
+
+def count_log_records(req: ExportLogsServiceRequest) -> int:
+    return sum(len(sl.log_records) for rl in req.resource_logs for sl in rl.scope_logs)
+
+
+class BoundedQueue:
+    """TracesConsumer + LogsConsumer that buffers requests and delivers them on worker threads."""
+
+    def __init__(
+        self,
+        config: QueueConfig,
+        traces_consumers: list[TracesConsumer] | None = None,
+        logs_consumers: list[LogsConsumer] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self._traces = list(traces_consumers or [])
+        self._logs = list(logs_consumers or [])
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._cond = threading.Condition()
+        # entries: (seq, kind, request, items)
+        self._q: collections.deque[tuple[int, str, Any, int]] = collections.deque()
+        self._items = 0
+        self._next_seq = 0
+        self._in_flight: set[int] = set()
+        self._running = False
+        self._stopping = False
+        self._workers: list[threading.Thread] = []
+        self._last_error_log: dict[str, float] = {}
+
+        r = self.registry
+        self._m_size = Gauge(
+            "llm_log_analyzer_queue_size_items", "Spans + log records waiting in the ingest queue", registry=r
+        )
+        self._m_size.set_function(lambda: self._items)
+        cap = Gauge("llm_log_analyzer_queue_capacity_items", "Capacity of the ingest queue", registry=r)
+        cap.set(config.capacity_items)
+        self._m_enqueued = Counter(
+            "llm_log_analyzer_queue_enqueued_items",
+            "Items accepted into the ingest queue",
+            ["signal"],
+            registry=r,
+        )
+        self._m_refused = Counter(
+            "llm_log_analyzer_queue_refused_items",
+            "Items refused because the queue was full or stopped (client told to retry)",
+            ["signal"],
+            registry=r,
+        )
+        self._m_delivered = Counter(
+            "llm_log_analyzer_queue_delivered_items",
+            "Items handed to downstream consumers",
+            ["signal"],
+            registry=r,
+        )
+        self._m_errors = Counter(
+            "llm_log_analyzer_queue_consumer_errors",
+            "Exceptions raised by downstream consumers",
+            ["signal", "consumer"],
+            registry=r,
+        )
+
+    # --- consumers can be added before start (composition root) ------------------------------
+    def add_traces_consumer(self, consumer: TracesConsumer) -> None:
+        self._traces.append(consumer)
+
+    def add_logs_consumer(self, consumer: LogsConsumer) -> None:
+        self._logs.append(consumer)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._cond:
+            if self._running:
+                return
+            self._running = True
+            self._stopping = False
+        for i in range(self.config.workers):
+            t = threading.Thread(target=self._work, name=f"ingest-queue-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+
+    def shutdown(self) -> None:
+        """Stop accepting, deliver what is queued (up to shutdown_timeout_s), stop the workers."""
+        with self._cond:
+            if not self._running:
+                return
+            self._running = False
+        if not self.drain(self.config.shutdown_timeout_s):
+            log.error("ingest queue: shutdown timed out with %d items undelivered", self._items)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._workers:
+            t.join(timeout=max(1.0, self.config.shutdown_timeout_s))
+        self._workers.clear()
+
+    # --- the consuming side ------------------------------------------------------------------
+    def consume_traces(self, request: ExportTraceServiceRequest, items: int | None = None) -> None:
+        self._put(TRACES, request, count_spans(request) if items is None else items)
+
+    def consume_logs(self, request: ExportLogsServiceRequest, items: int | None = None) -> None:
+        self._put(LOGS, request, count_log_records(request) if items is None else items)
+
+    def _put(self, kind: str, request: Any, items: int) -> None:
+        if items <= 0:
+            return
+        with self._cond:
+            if not self._running:
+                self._m_refused.labels(kind).inc(items)
+                raise RetryableError("ingest queue is not running", self.config.retry_after_s)
+            if self._items > 0 and self._items + items > self.config.capacity_items:
+                self._m_refused.labels(kind).inc(items)
+                raise RetryableError(
+                    f"ingest queue full ({self._items} of {self.config.capacity_items} items queued)",
+                    self.config.retry_after_s,
+                )
+            self._q.append((self._next_seq, kind, request, items))
+            self._next_seq += 1
+            self._items += items
+            self._cond.notify()
+        self._m_enqueued.labels(kind).inc(items)
+
+    # --- introspection -----------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._items
+
+    def _lowest_outstanding(self) -> int:
+        low = self._next_seq
+        if self._q:
+            low = min(low, self._q[0][0])
+        if self._in_flight:
+            low = min(low, min(self._in_flight))
+        return low
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until everything enqueued before this call has been delivered. True if it was."""
+        with self._cond:
+            target = self._next_seq
+            if self._lowest_outstanding() >= target:
+                return True
+            if not self._workers:
+                return False
+            return self._cond.wait_for(lambda: self._lowest_outstanding() >= target, timeout)
+
+    # --- workers -----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._q and not self._stopping:
+                    self._cond.wait()
+                if not self._q:
+                    return
+                seq, kind, request, items = self._q.popleft()
+                self._in_flight.add(seq)
+            try:
+                self._deliver(kind, request)
+            finally:
+                with self._cond:
+                    self._in_flight.discard(seq)
+                    self._items -= items
+                    self._cond.notify_all()
+                self._m_delivered.labels(kind).inc(items)
+
+    def _deliver(self, kind: str, request: Any) -> None:
+        if kind == TRACES:
+            for c in self._traces:
+                try:
+                    c.consume_traces(request)
+                except Exception as exc:  # noqa: BLE001 - a consumer must never kill the worker
+                    self._consumer_failed(kind, c, exc)
+        else:
+            for c in self._logs:
+                try:
+                    c.consume_logs(request)
+                except Exception as exc:  # noqa: BLE001
+                    self._consumer_failed(kind, c, exc)
+
+    def _consumer_failed(self, kind: str, consumer: object, exc: Exception) -> None:
+        name = type(consumer).__name__
+        self._m_errors.labels(kind, name).inc()
+        now = time.monotonic()
+        if now - self._last_error_log.get(name, -1e9) >= 10.0:  # at most one log line per 10 s per consumer
+            self._last_error_log[name] = now
+            log.error("ingest queue: %s consumer %s failed: %s", kind, name, exc, exc_info=exc)
