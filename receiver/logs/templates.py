@@ -37,7 +37,8 @@ STATE_VERSION = 1
 class TemplatesConfig(StageConfig):
     """Template miner settings. One default for every system; no per-dataset tuning needed."""
 
-    similarity_threshold: float = 0.5  # fraction of equal tokens needed to join a template
+    similarity_threshold: float = 0.7  # fraction of equal tokens needed to join a template
+    mature_count: int = 10  # a token constant over this many lines no longer generalises
     max_templates_per_service: int = 2000  # least-recently-matched template evicted beyond this
     max_services: int = 500  # least-recently-seen service (with its templates) evicted beyond this
     max_bucket_templates: int = 200  # templates scanned per (length, first token) bucket
@@ -340,21 +341,32 @@ class TemplateMiner:
         if bucket:
             best_sim = -1.0
             best_params = -1
+            mature = self.config.mature_count
             for cl in bucket:
+                strict = cl.count >= mature
                 same = 0
                 params = 0
                 for a, b in zip(cl.tokens, tokens, strict=True):
                     if a == b:
                         same += 1
-                    elif a == WILDCARD:
+                    elif WILDCARD in a and _glob(a, b):
                         params += 1
+                    elif strict and not _shared_shell(a, b):
+                        # a position that stayed constant over `mature_count` lines is a constant
+                        same = -1
+                        break
+                if same < 0:
+                    continue
                 sim = (same + params) / n if n else 1.0
                 if sim > best_sim or (sim == best_sim and params > best_params):
                     best, best_sim, best_params = cl, sim, params
             if best is not None and best_sim < self.config.similarity_threshold:
                 best = None
         if best is not None:
-            new_tokens = [a if a == b else WILDCARD for a, b in zip(best.tokens, tokens, strict=True)]
+            new_tokens = [
+                a if a == b or (WILDCARD in a and _glob(a, b)) else _merge_token(a, b)
+                for a, b in zip(best.tokens, tokens, strict=True)
+            ]
             if new_tokens != best.tokens:
                 best.tokens = new_tokens
                 best.template = " ".join(new_tokens)
@@ -404,16 +416,83 @@ class TemplateMiner:
         it = iter(rparams)
         for t, m in zip(cl.tokens, tokens, strict=False):
             holes = m.count(WILDCARD)
-            if t == m or t != WILDCARD:
+            if t == m or WILDCARD not in t:
                 for _ in range(holes):
                     out.append(next(it, ""))
-            else:  # generalised position: the whole original token is the parameter
-                if holes:
-                    pieces = m.split(WILDCARD)
-                    value = pieces[0]
-                    for piece in pieces[1:]:
-                        value += next(it, "") + piece
-                    out.append(value)
-                else:
-                    out.append(m)
+                continue
+            # generalised position: the original token, minus the template's constant shell
+            value = m
+            if holes:
+                pieces = m.split(WILDCARD)
+                value = pieces[0]
+                for piece in pieces[1:]:
+                    value += next(it, "") + piece
+            first = t.find(WILDCARD)
+            last = t.rfind(WILDCARD)
+            pre, suf = t[:first], t[last + 3 :]
+            if (
+                WILDCARD not in pre
+                and WILDCARD not in suf
+                and len(value) > len(pre) + len(suf)
+                and value.startswith(pre)
+                and value.endswith(suf)
+            ):
+                value = value[len(pre) : len(value) - len(suf)]
+            out.append(value)
         return out
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _glob(pattern: str, token: str) -> bool:
+    """Does `token` fit a template token with wildcards (`pre<*>...<*>suf`)? One gap per `<*>`."""
+    parts = pattern.split(WILDCARD)
+    pre, suf = parts[0], parts[-1]
+    if len(token) <= len(pre) + len(suf) - 0 or not token.startswith(pre) or not token.endswith(suf):
+        return False
+    pos = len(pre)
+    end = len(token) - len(suf)
+    for mid in parts[1:-1]:
+        if not mid:
+            continue
+        k = token.find(mid, pos + 1, end)
+        if k < 0:
+            return False
+        pos = k + len(mid)
+    return pos < end or len(parts) == 2 and pos <= end
+
+
+def _shared_shell(a: str, b: str) -> bool:
+    """Do the tokens share a punctuation-ended prefix (`user=`, `(`, `[id:`)? Then they differ in a
+    value, not in a word."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    while i > 0:
+        if not _is_word(a[i - 1]):
+            return True
+        i -= 1
+    return False
+
+
+def _merge_token(a: str, b: str) -> str:
+    """Generalise two differing tokens, keeping their common punctuation shell: `(root)` and `(cyrus)`
+    give `(<*>)`, `user=root` and `user=guest` give `user=<*>`, `[A1]` and `B2` give `<*>`."""
+    if a == WILDCARD or not a or not b:
+        return WILDCARD
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    # the prefix must end on a delimiter (not inside a word, not inside a <*>)
+    while i > 0 and (_is_word(a[i - 1]) or a[i - 1] in "<*"):
+        i -= 1
+    j = 0
+    while j < n - i and a[-1 - j] == b[-1 - j]:
+        j += 1
+    while j > 0 and (_is_word(a[len(a) - j]) or a[len(a) - j] in "*>"):
+        j -= 1
+    return a[:i] + WILDCARD + a[len(a) - j :] if j else a[:i] + WILDCARD
