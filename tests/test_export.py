@@ -61,7 +61,7 @@ class Fault:
 
 
 class OtlpRecorder:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, credentials: grpc.ServerCredentials | None = None) -> None:
         self.logs: list[logs_service_pb2.ExportLogsServiceRequest] = []
         self.traces: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.metadata: list[dict[str, str]] = []
@@ -88,7 +88,10 @@ class OtlpRecorder:
 
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self.server)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        if credentials is None:
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        else:
+            self.port = self.server.add_secure_port(f"127.0.0.1:{port}", credentials)
         assert self.port, "could not bind"
         self.server.start()
 
@@ -578,3 +581,76 @@ def test_queue_payload_roundtrip_keeps_types() -> None:
     assert g.time_ns == f.time_ns
     assert [type(g.attributes[k]) for k in "abcdf"] == [int, float, bool, list, str]
     assert g.attributes["e"] != g.attributes["e"]  # NaN survives
+
+
+# --- TLS / mTLS with certificates made here ------------------------------------------------------
+def _make_pki(tmp: Path) -> dict[str, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        return path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test-ca")).issuer_name(name("test-ca"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca": tmp / "ca.pem"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    roles = (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH))
+    for role, usage in roles:
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(name(f"test-{role}")).issuer_name(ca.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if role == "server":
+            sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())
+        out[f"{role}_cert"] = tmp / f"{role}.pem"
+        out[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{role}_key"] = write_key(key, tmp / f"{role}.key")
+    return out
+
+
+def test_mtls_export(tmp_path: Path) -> None:
+    pki = _make_pki(tmp_path)
+    creds = grpc.ssl_server_credentials([(pki["server_key"].read_bytes(), pki["server_cert"].read_bytes())],
+                                        root_certificates=pki["ca"].read_bytes(), require_client_auth=True)
+    server = OtlpRecorder(credentials=creds)
+    try:
+        # without a client certificate the handshake fails: retried, nothing delivered
+        anon, reg_anon = make_exporter(server.endpoint, tmp_path / "anon", insecure=False,
+                                       ca_file=str(pki["ca"]), shutdown_timeout_s=0.1)
+        anon.start()
+        anon.consume_findings([anomaly(1)])
+        wait_for(lambda: metric(reg_anon, "llm_log_analyzer_export_retried_total", signal="logs") >= 1,
+                 what="tls retry")
+        anon.shutdown()
+        assert server.log_records() == []
+        exp, reg = make_exporter(server.endpoint, tmp_path / "mtls", insecure=False, ca_file=str(pki["ca"]),
+                                 cert_file=str(pki["client_cert"]), key_file=str(pki["client_key"]))
+        exp.start()
+        exp.consume_findings([anomaly(2)])
+        assert exp.flush(20)
+        exp.shutdown()
+        assert [attrs(r.attributes)["anomaly.index"] for r in server.log_records()] == [2]
+    finally:
+        server.stop()

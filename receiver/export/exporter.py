@@ -145,7 +145,12 @@ class FindingsExporter:
             log.warning("findings exporter is shut down; %d findings not queued", len(findings))
             return
         items = [(dump_finding(f), self.config.export_spans and is_trace_tied(f)) for f in findings]
-        dropped = self._queue.append(items)
+        try:
+            dropped = self._queue.append(items)
+        except RuntimeError:  # closed by a concurrent shutdown()
+            self.metrics.dropped.labels("stopped").inc(len(findings))
+            log.warning("findings exporter is shut down; %d findings not queued", len(findings))
+            return
         self.metrics.enqueued.inc(len(items))
         if dropped:
             self.metrics.dropped.labels("queue_full").inc(dropped)
