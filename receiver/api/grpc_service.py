@@ -37,7 +37,8 @@ from receiver.model import Finding
 
 log = logging.getLogger(__name__)
 
-ListFindings = Callable[[int, str | None, int | None], Sequence[Finding]]
+# (limit, event_name, since_ns) -> findings (Finding objects, or dicts in the Finding.to_dict() shape)
+ListFindings = Callable[[int, str | None, int | None], Sequence[Finding | dict[str, Any]]]
 GraphSnapshot = Callable[[], dict[str, Any]]
 
 
@@ -328,7 +329,13 @@ class AnalyzerServicer(analyzer_pb2_grpc.AnalyzerServicer):
         except Exception as e:
             log.exception("ListFindings failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"listing findings failed: {e}")
-        return analyzer_pb2.ListFindingsResponse(findings=[finding_to_proto(f) for f in list(found)[:limit]])
+        try:
+            items = [f if isinstance(f, Finding) else Finding.from_dict(f) for f in list(found)[:limit]]
+            converted = [finding_to_proto(f) for f in items]
+        except Exception as e:
+            log.exception("ListFindings: bad finding from the store")
+            await context.abort(grpc.StatusCode.INTERNAL, f"cannot convert a stored finding: {e}")
+        return analyzer_pb2.ListFindingsResponse(findings=converted)
 
     async def WatchFindings(self, request: analyzer_pb2.WatchFindingsRequest,  # noqa: N802
                             context: grpc.aio.ServicerContext):
