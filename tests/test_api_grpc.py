@@ -236,3 +236,53 @@ def test_graph_conversion_handles_missing_percentiles() -> None:
     assert not e.HasField("p50_ms") and (e.calls, e.first_seen, e.last_seen) == (3, 1.5, 2.5)
     assert "network_gap_avg_ms" not in e.attributes and e.attributes["error_rate"].double_value == 0.0
     assert g.nodes[1].attributes["virtual"].bool_value is True
+
+
+async def test_served_beside_otlp_on_the_receivers_grpc_port() -> None:
+    """The Analyzer service registered on the OTLP receiver's gRPC server: spans sent by the official
+    SDK exporter to that port show up in GetGraph over the same port."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import SpanKind, set_span_in_context
+
+    from receiver.otlp.config import OtlpConfig
+    from receiver.otlp.receiver import OtlpReceiver
+
+    graph = ServiceGraph()
+    broadcaster = FindingsBroadcaster()
+    rx = OtlpReceiver(OtlpConfig(grpc_endpoint="127.0.0.1:0", http_endpoint=""), graph, None)
+    servicer = AnalyzerServicer(lambda limit, ev, since: [], graph.snapshot, broadcaster)
+    rx.add_grpc_service(lambda server: add_analyzer_service(server, servicer))
+    await rx.start()
+    try:
+        endpoint = f"127.0.0.1:{rx.grpc_port}"
+
+        def send() -> None:
+            providers = {}
+            for svc in ("frontend", "cart"):
+                p = TracerProvider(resource=Resource.create({"service.name": svc}))
+                p.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+                providers[svc] = p
+            for _ in range(3):
+                with providers["frontend"].get_tracer("t").start_as_current_span(
+                        "GET /cart", kind=SpanKind.CLIENT) as client:
+                    ctx = set_span_in_context(client)
+                    with providers["cart"].get_tracer("t").start_as_current_span(
+                            "/cart", kind=SpanKind.SERVER, context=ctx):
+                        pass
+            for p in providers.values():
+                p.shutdown()
+
+        await asyncio.to_thread(send)
+        channel = grpc.aio.insecure_channel(endpoint)
+        try:
+            stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+            g = await stub.GetGraph(analyzer_pb2.GetGraphRequest())
+        finally:
+            await channel.close()
+        assert [(e.source, e.target, e.calls, e.errors) for e in g.edges] == [("frontend", "cart", 3, 0)]
+    finally:
+        broadcaster.shutdown()
+        await rx.shutdown()
