@@ -654,3 +654,23 @@ def test_mtls_export(tmp_path: Path) -> None:
         assert [attrs(r.attributes)["anomaly.index"] for r in server.log_records()] == [2]
     finally:
         server.stop()
+
+
+def test_corrupt_queue_file_is_a_clear_error(tmp_path: Path) -> None:
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    (qdir / "findings.sqlite3").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match="export.queue_dir: cannot open the export queue"):
+        make_exporter("127.0.0.1:9", tmp_path)
+    (qdir / "findings.sqlite3").unlink()
+    exp, _ = make_exporter("127.0.0.1:9", tmp_path)  # the lock was released
+    exp.shutdown()
+
+
+def test_queue_write_failure_is_counted_not_raised(tmp_path: Path) -> None:
+    exp, reg = make_exporter("127.0.0.1:9", tmp_path)
+    assert exp._queue is not None
+    exp._queue._db.close()  # simulate an I/O failure of the queue file: every statement now fails
+    exp.consume_findings([anomaly(1), anomaly(2)])  # must not raise into the pipeline
+    assert metric(reg, "llm_log_analyzer_export_dropped_total", reason="disk_error") == 2
+    exp.shutdown()

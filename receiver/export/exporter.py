@@ -12,6 +12,7 @@ A new instance on the same `queue_dir` resumes whatever an earlier one left unse
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ class _Metrics:
             self.sent.labels(s)
             self.failed.labels(s)
             self.retried.labels(s)
-        for r in ("queue_full", "undecodable", "stopped"):
+        for r in ("queue_full", "undecodable", "stopped", "disk_error"):
             self.dropped.labels(r)
 
 
@@ -151,6 +152,10 @@ class FindingsExporter:
             self.metrics.dropped.labels("stopped").inc(len(findings))
             log.warning("findings exporter is shut down; %d findings not queued", len(findings))
             return
+        except sqlite3.Error as e:  # disk full, I/O error: count and report, never break the pipeline
+            self.metrics.dropped.labels("disk_error").inc(len(findings))
+            log.error("export queue write failed (%s); %d findings not queued", e, len(findings))
+            return
         self.metrics.enqueued.inc(len(items))
         if dropped:
             self.metrics.dropped.labels("queue_full").inc(dropped)
@@ -199,6 +204,11 @@ class FindingsExporter:
                 rows = self._queue.peek(self.config.batch_max_items)
             except RuntimeError:  # queue closed under us
                 return
+            except sqlite3.Error:
+                log.exception("export queue read failed; retrying")
+                if not self._sleep(self._backoff.next_delay()):
+                    return
+                continue
             if not rows:
                 self._notify_idle()
                 self._wake.wait(1.0)

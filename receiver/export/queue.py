@@ -56,11 +56,20 @@ class DiskQueue:
                 f"export.queue_dir: {self.directory} is in use by another exporter (locked)"
             ) from None
         self._mu = threading.Lock()
-        self._db = sqlite3.connect(self.directory / DB_NAME, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
-        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue").fetchone()
+        try:
+            self._db = sqlite3.connect(self.directory / DB_NAME, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+            count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue").fetchone()
+        except sqlite3.Error as e:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            raise ConfigError(
+                f"export.queue_dir: cannot open the export queue {self.directory / DB_NAME}: {e} "
+                "(move the file away to start with an empty queue)"
+            ) from e
         self._count = int(count)
         self._bytes = int(size)
         self._closed = False
