@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,45 +26,12 @@ from receiver.rca.incident_model import Incident
 from receiver.store import SCHEMA_VERSION, Store, StoreConfig, StoreError
 from tests.pg_server import PostgresServer
 
-BACKENDS = ["sqlite", "postgresql"]
-DAY_NS = 86_400 * 1_000_000_000
-T0 = 1_700_000_000 * 1_000_000_000  # a historical event time (replay)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()  # raises (test error, not skip) if PostgreSQL is missing
-    try:
-        yield server
-    finally:
-        server.stop()
-
+pytest_plugins = ["tests.store_fixtures"]  # pg_server (a real PostgreSQL server), make_store
 
 StoreFactory = Callable[..., Store]
 
-
-@pytest.fixture(params=BACKENDS)
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """Factory: `make_store(**config)` -> a started store on a fresh database of the backend;
-    `make_store(url=..., ...)` reopens a given database."""
-    backend = request.param
-    url = (f"sqlite:///{tmp_path / 'store.db'}" if backend == "sqlite"
-           else request.getfixturevalue("pg_server").create_database())
-    stores: list[Store] = []
-
-    def factory(start: bool = True, **kw: Any) -> Store:
-        kw.setdefault("url", url)
-        s = Store(StoreConfig(**kw), registry=CollectorRegistry())
-        if start:  # not started: opens on first use, no background purge thread (deterministic purges)
-            s.start()
-        stores.append(s)
-        return s
-
-    factory.url = url  # type: ignore[attr-defined]
-    factory.backend = backend  # type: ignore[attr-defined]
-    yield factory
-    for s in stores:
-        s.shutdown()
+DAY_NS = 86_400 * 1_000_000_000
+T0 = 1_700_000_000 * 1_000_000_000  # a historical event time (replay)
 
 
 def anomaly(service: str, t: int, severity: str = "high", **extra: Any) -> Finding:
