@@ -87,9 +87,11 @@ def report(root: str, t: int, symptom: str = "", path: list[str] | None = None, 
 
 def tracker_for(store: Store | None, clock: Clock, **cfg: Any) -> IncidentTracker:
     memory_cfg = cfg.pop("memory", None) or MemoryConfig()
-    config = IncidentConfig(correlation_window_s=120, quiet_period_s=600, memory=memory_cfg, **cfg)
-    return IncidentTracker(config, store, registry=CollectorRegistry(),
-                           connected=graph_connected(shop_graph, max_hops=config.connect_hops), clock=clock)
+    config = IncidentConfig(correlation_window_s=120, quiet_period_s=600, **cfg)
+    reg = CollectorRegistry()
+    return IncidentTracker(config, store, registry=reg,
+                           connected=graph_connected(shop_graph, max_hops=config.connect_hops), clock=clock,
+                           memory=IncidentMemory(memory_cfg, reg))
 
 
 def test_connected_services_in_window_form_one_incident(make_store: StoreFactory) -> None:
@@ -314,6 +316,9 @@ def test_similar_incident_ranks_the_right_past_incident_first(make_store: StoreF
     # documented score: (0.4 * J(services) + 0.6 * J(templates)) / 1.0
     assert ranked[0][1] == pytest.approx(0.4 * (1 / 2) + 0.6 * (4 / 8))
     assert ranked[0][0].resolution_notes[0]["note"] == "fixed hdfs"
+    lines = tr.similar_descriptions(new, k=2)
+    assert len(lines) == 2 and ids["hdfs"][:12] in lines[0] and "resolved with: fixed hdfs" in lines[0]
+    assert "services datanode, namenode" in lines[0] and len(lines[0]) <= 400
     # rebuilt from the store by a fresh tracker (restart): same answer, open incident reloaded
     tr2 = tracker_for(store, Clock(t), memory=MemoryConfig(max_incidents=10))
     tr2.start()
@@ -372,5 +377,7 @@ def test_config_validation() -> None:
                 {"connect_hops": 1.5}, {"template_attributes": "x"}):
         with pytest.raises(ConfigError, match="incidents."):
             IncidentConfig(**bad).validate()
-    with pytest.raises(ConfigError, match="incidents.memory"):
-        IncidentConfig(memory=MemoryConfig(max_incidents=0)).validate()
+    for bad_memory in ({"max_incidents": 0}, {"service_weight": -1},
+                       {"service_weight": 0, "template_weight": 0}):
+        with pytest.raises(ConfigError, match="memory"):
+            MemoryConfig(**bad_memory).validate()

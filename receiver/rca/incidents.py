@@ -103,7 +103,6 @@ class IncidentConfig(StageConfig):
     # is present, the masked `anomaly.evidence` lines stand in for templates
     template_attributes: list[str] = field(
         default_factory=lambda: ["anomaly.templates", "anomaly.new_templates", "log.templates"])
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def validate(self) -> None:
         super().validate()
@@ -177,7 +176,7 @@ class IncidentTracker:
         self.store = store
         self.registry = registry if registry is not None else CollectorRegistry()
         self.connected = connected or same_service_only
-        self.memory = memory if memory is not None else IncidentMemory(self.config.memory, self.registry)
+        self.memory = memory if memory is not None else IncidentMemory(MemoryConfig(), self.registry)
         self.clock = clock
         self._lock = threading.RLock()
         self._open: OrderedDict[str, Incident] = OrderedDict()  # least recently updated first
@@ -564,3 +563,25 @@ class IncidentTracker:
     def similar(self, incident: Incident, k: int = 3) -> list[tuple[Incident, float]]:
         """Past incidents most like this one (see `IncidentMemory.similar` for the score)."""
         return self.memory.similar(incident, k)
+
+    def similar_descriptions(self, incident: Incident, k: int = 3) -> list[str]:
+        """`similar()` as one line of text each, for an LLM prompt or a report's evidence."""
+        return [describe_incident(other, score) for other, score in self.similar(incident, k)]
+
+
+def describe_incident(inc: Incident, score: float | None = None, max_chars: int = 400) -> str:
+    """One line: id, score, services, root cause (+ issue), remediation and resolution notes."""
+    parts = [f"incident {inc.id[:12]}"]
+    if score is not None:
+        parts[0] += f" (similarity {score:.2f})"
+    parts.append(f"{inc.status}, severity {inc.severity}")
+    parts.append("services " + ", ".join(inc.services[:6]))
+    if inc.root_cause_service:
+        parts.append(f"root cause {inc.root_cause_service}"
+                     + (f": {inc.root_cause_issue}" if inc.root_cause_issue else ""))
+    if inc.remediation:
+        parts.append("remediation: " + "; ".join(inc.remediation[:3]))
+    if inc.resolution_notes:
+        parts.append("resolved with: " + "; ".join(str(n.get("note", "")) for n in inc.resolution_notes[-2:]))
+    text = " | ".join(parts)
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."

@@ -57,10 +57,10 @@ class MemoryConfig(StageConfig):
     def validate(self) -> None:
         super().validate()
         require(isinstance(self.max_incidents, int) and self.max_incidents >= 1,
-                "incidents.memory.max_incidents", f"must be an integer >= 1, got {self.max_incidents!r}")
-        non_negative(self.service_weight, "incidents.memory.service_weight")
-        non_negative(self.template_weight, "incidents.memory.template_weight")
-        require(self.service_weight + self.template_weight > 0, "incidents.memory",
+                "memory.max_incidents", f"must be an integer >= 1, got {self.max_incidents!r}")
+        non_negative(self.service_weight, "memory.service_weight")
+        non_negative(self.template_weight, "memory.template_weight")
+        require(self.service_weight + self.template_weight > 0, "memory",
                 "service_weight + template_weight must be > 0")
 
 
