@@ -1,0 +1,731 @@
+"""Tier 0: the cheap, unsupervised, online detector that judges every closed window.
+
+Per service it learns a baseline (no labels, online, bounded):
+  * the templates seen so far (with counts)          -> `novel_template`
+  * EWMA of the error share and warn share per window -> `error_burst`
+  * EWMA histogram of templates + EWMA of its JS divergence -> `distribution_shift`
+  * EWMA of lines per tumbling window                -> `silence` (an empty window of a chatty service)
+  * template transition counts in sessions, first order and (backing off from) second order, with
+    start/end markers                                -> `sequence` (unseen or improbable next template,
+                                                        session ending without its usual closing template)
+
+Calibration: every signal except novelty is turned into a tail probability p under the baseline
+(Poisson upper tail for error/warn counts, Poisson P(0) for silence, normal tail of the JS z-score,
+smoothed transition probability for sequences). Its surprise L = -log10(p) maps to a confidence by
+one logistic: confidence = 1 / (1 + exp(-k (L - L0))) with L0 = `surprise_midpoint` (default 3,
+p = 0.001 gives confidence 0.5) and k = `surprise_slope`. Novel templates get a prior by their worst
+severity in the window and error words in the template (info 0.35, warn 0.6, error 0.8, fatal 0.9;
++0.15 with an error word such as error/exception/fail/refused/timeout/killed), so with the default
+threshold 0.6 a new INFO template (0.35, or 0.5 with an error word) is never reported on its own:
+new info lines are normal life. Session count invariants (Invariants-Mining spirit:
+pairs of frequent templates whose counts are equal, or that always co-occur, in >= 97 % of past
+sessions) report the share of past sessions that obeyed the broken invariant as confidence.
+A window is flagged when its best confidence >= `threshold` (0.6). One window yields ONE finding
+(its strongest problem; the others are listed in the finding body and `Assessment.reasons`), never
+one per line.
+
+Learning: every window updates the baseline after it is scored; the EWMAs skip flagged windows
+(an error storm does not become the new normal), template and transition counts always learn.
+Nothing is reported during a service's warm-up (`warmup_windows` tumbling windows,
+`warmup_sessions` sessions); it still learns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from receiver.component import StageConfig, positive, require
+from receiver.logs.windows import Window
+from receiver.model import (
+    A_CONFIDENCE,
+    A_DETECTOR,
+    A_EVIDENCE,
+    A_SERVICE,
+    A_SEVERITY,
+    A_TYPE,
+    A_WINDOW_END,
+    A_WINDOW_START,
+    EVENT_ANOMALY,
+    Finding,
+    FindingsConsumer,
+)
+
+STATE_VERSION = 1
+START = -2  # session start marker in transition statistics
+END = -3  # session end marker
+
+TYPES = ("novel_template", "error_burst", "distribution_shift", "silence", "sequence")
+DEFAULT_ERROR_WORDS = [
+    "error", "exception", "fail", "failed", "failure", "fatal", "refused", "timeout", "timed out", "killed",
+    "panic", "abort", "denied", "unreachable", "crash", "corrupt", "interrupt", "oom", "out of memory",
+    "cannot", "can not", "unable", "invalid", "lost", "severe",
+]
+_SEV_PRIOR = {"fatal": 0.9, "error": 0.8, "warn": 0.6}
+
+
+@dataclass
+class DetectConfig(StageConfig):
+    """Tier-0 detector settings (the defaults are the ones measured in the report)."""
+
+    threshold: float = 0.6  # a window is flagged when its best confidence reaches this
+    warmup_windows: int = 5  # tumbling windows per service before findings
+    warmup_sessions: int = 50  # session windows per service before sequence findings
+    ewma_alpha: float = 0.1
+    surprise_midpoint: float = 3.0  # -log10(p) giving confidence 0.5
+    surprise_slope: float = 1.5
+    min_errors: int = 3  # an error/warn burst needs at least this many lines
+    shift_min_count: int = 30  # lines in a window before the distribution shift is judged
+    shift_min_js: float = 0.2  # and at least this JS divergence (bits)
+    silence_min_expected: float = 10.0  # expected lines per window before an empty window is silence
+    seq_min_support: int = 10  # occurrences of a context before its transitions are judged
+    seq_smoothing: float = 0.5  # additive smoothing of transition probabilities
+    inv_templates: int = 24  # most frequent session templates whose count invariants are learned
+    inv_min_support: int = 50  # sessions showing a template pair before its invariant is used
+    inv_min_hold: float = 0.97  # an invariant must hold in this share of those sessions
+    novel_info_prior: float = 0.35
+    error_word_bonus: float = 0.15
+    error_words: list[str] = field(default_factory=lambda: list(DEFAULT_ERROR_WORDS))
+    max_services: int = 1000
+    max_templates_per_service: int = 5000
+    max_transitions_per_service: int = 50_000
+    max_evidence: int = 5
+
+    def validate(self) -> None:
+        super().validate()
+        require(isinstance(self.threshold, (int, float)) and 0 < self.threshold <= 1, "detect.threshold",
+                f"must be in (0, 1], got {self.threshold!r}")
+        require(isinstance(self.ewma_alpha, (int, float)) and 0 < self.ewma_alpha <= 1, "detect.ewma_alpha",
+                f"must be in (0, 1], got {self.ewma_alpha!r}")
+        require(isinstance(self.inv_min_hold, (int, float)) and 0.5 <= self.inv_min_hold < 1,
+                "detect.inv_min_hold", f"must be in [0.5, 1), got {self.inv_min_hold!r}")
+        for key in ("warmup_windows", "warmup_sessions", "min_errors", "shift_min_count", "seq_min_support",
+                    "inv_templates", "inv_min_support",
+                    "max_services", "max_templates_per_service", "max_transitions_per_service",
+                    "max_evidence"):
+            v = getattr(self, key)
+            require(isinstance(v, int) and v >= 0, f"detect.{key}", f"must be an integer >= 0, got {v!r}")
+        for key in ("max_services", "max_templates_per_service", "max_transitions_per_service"):
+            positive(getattr(self, key), f"detect.{key}")
+        for key in ("surprise_slope", "seq_smoothing"):
+            positive(getattr(self, key), f"detect.{key}")
+        require(isinstance(self.error_words, list), "detect.error_words", "must be a list of words")
+
+
+@dataclass
+class Assessment:
+    """Tier 0's verdict on one window; `finding` is set when flagged."""
+
+    window: Window
+    score: float
+    flagged: bool
+    finding: Finding | None = None
+    reasons: list[str] = field(default_factory=list)
+    problem: str = ""  # the anomaly type of the strongest problem ("" when none)
+
+
+class AssessmentsConsumer(Protocol):
+    def consume_assessments(self, assessments: Sequence[Assessment]) -> None: ...
+
+
+class Tier0Only:
+    """`--llm off`: forwards tier 0's findings straight to the findings consumer."""
+
+    def __init__(self, findings_consumer: FindingsConsumer) -> None:
+        self._next = findings_consumer
+
+    def consume_assessments(self, assessments: Sequence[Assessment]) -> None:
+        findings = [a.finding for a in assessments if a.flagged and a.finding is not None]
+        if findings:
+            self._next.consume_findings(findings)
+
+    def start(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+
+def confidence_from_surprise(surprise: float, midpoint: float, slope: float) -> float:
+    x = slope * (surprise - midpoint)
+    if x > 50:
+        return 1.0
+    if x < -50:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def poisson_sf(k: int, lam: float) -> float:
+    """P(X >= k) for X ~ Poisson(lam), computed in log space."""
+    if k <= 0:
+        return 1.0
+    lam = max(lam, 1e-9)
+    # P(X >= k) = 1 - sum_{i<k} e^-lam lam^i / i!
+    if k > lam:  # upper tail: sum terms from k upward (few needed)
+        log_term = -lam + k * math.log(lam) - math.lgamma(k + 1)
+        total = 0.0
+        i = k
+        term = math.exp(log_term)
+        while term > 1e-300 and i < k + 1000:
+            total += term
+            i += 1
+            term *= lam / i
+            if term < total * 1e-12:
+                break
+        return min(1.0, total)
+    cdf = 0.0
+    term = math.exp(-lam)
+    for i in range(k):
+        cdf += term
+        term *= lam / (i + 1)
+    return max(0.0, 1.0 - cdf)
+
+
+def normal_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def js_divergence(p: dict[int, float], q: dict[int, float]) -> float:
+    """Jensen-Shannon divergence (bits) of two normalised histograms."""
+    js = 0.0
+    for k in set(p) | set(q):
+        a = p.get(k, 0.0)
+        b = q.get(k, 0.0)
+        m = 0.5 * (a + b)
+        if a > 0:
+            js += 0.5 * a * math.log2(a / m)
+        if b > 0:
+            js += 0.5 * b * math.log2(b / m)
+    return max(0.0, js)
+
+
+class _Ewma:
+    __slots__ = ("mean", "var", "n")
+
+    def __init__(self, mean: float = 0.0, var: float = 0.0, n: int = 0) -> None:
+        self.mean = mean
+        self.var = var
+        self.n = n
+
+    def update(self, x: float, alpha: float) -> None:
+        if self.n == 0:
+            self.mean = x
+            self.var = 0.0
+        else:
+            a = max(alpha, 1.0 / (self.n + 1))  # plain average while young, EWMA afterwards
+            d = x - self.mean
+            self.mean += a * d
+            self.var = (1 - a) * (self.var + a * d * d)
+        self.n += 1
+
+    def to_list(self) -> list[float]:
+        return [self.mean, self.var, self.n]
+
+
+class _Baseline:
+    """What tier 0 knows about one service."""
+
+    def __init__(self) -> None:
+        self.windows = 0  # tumbling windows learned
+        self.sessions = 0  # sessions learned
+        self.templates: OrderedDict[int, int] = OrderedDict()  # template id -> lines (LRU)
+        self.error_share = _Ewma()
+        self.warn_share = _Ewma()
+        self.count = _Ewma()  # lines per tumbling window
+        self.js = _Ewma()
+        self.hist: dict[int, float] = {}  # EWMA template distribution
+        self.trans: dict[tuple[int, ...], dict[int, int]] = {}  # context -> next -> count
+        self.ctx_total: dict[tuple[int, ...], int] = {}
+        self.n_trans = 0
+        self.sess_df: dict[int, int] = {}  # template -> sessions containing it (count invariants)
+        self.inv_top: list[int] = []  # templates whose pair invariants are tracked
+        # (a, b) -> [sessions with a or b, sessions with count(a) == count(b)]
+        self.inv_eq: dict[tuple[int, int], list[int]] = {}
+        self.inv_imp: dict[tuple[int, int], list[int]] = {}  # (a, b) -> [sessions with a, with a and b]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "windows": self.windows,
+            "sessions": self.sessions,
+            "templates": [[k, v] for k, v in self.templates.items()],
+            "error_share": self.error_share.to_list(),
+            "warn_share": self.warn_share.to_list(),
+            "count": self.count.to_list(),
+            "js": self.js.to_list(),
+            "hist": [[k, v] for k, v in self.hist.items()],
+            "trans": [[list(ctx), [[n, c] for n, c in nxt.items()]] for ctx, nxt in self.trans.items()],
+            "sess_df": [[k, v] for k, v in self.sess_df.items()],
+            "inv_top": self.inv_top,
+            "inv_eq": [[a, b, n, h] for (a, b), (n, h) in self.inv_eq.items()],
+            "inv_imp": [[a, b, n, h] for (a, b), (n, h) in self.inv_imp.items()],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Baseline:
+        b = cls()
+        b.windows = int(d["windows"])
+        b.sessions = int(d["sessions"])
+        b.templates = OrderedDict((int(k), int(v)) for k, v in d["templates"])
+        b.error_share = _Ewma(*d["error_share"][:2], int(d["error_share"][2]))
+        b.warn_share = _Ewma(*d["warn_share"][:2], int(d["warn_share"][2]))
+        b.count = _Ewma(*d["count"][:2], int(d["count"][2]))
+        b.js = _Ewma(*d["js"][:2], int(d["js"][2]))
+        b.hist = {int(k): float(v) for k, v in d["hist"]}
+        for ctx, nxt in d["trans"]:
+            key = tuple(int(x) for x in ctx)
+            b.trans[key] = {int(n): int(c) for n, c in nxt}
+            b.ctx_total[key] = sum(b.trans[key].values())
+            b.n_trans += len(b.trans[key])
+        b.sess_df = {int(k): int(v) for k, v in d.get("sess_df", [])}
+        b.inv_top = [int(x) for x in d.get("inv_top", [])]
+        b.inv_eq = {(int(a), int(bb)): [int(n), int(h)] for a, bb, n, h in d.get("inv_eq", [])}
+        b.inv_imp = {(int(a), int(bb)): [int(n), int(h)] for a, bb, n, h in d.get("inv_imp", [])}
+        return b
+
+
+@dataclass
+class _Problem:
+    type: str
+    confidence: float
+    severity: str
+    explanation: str
+    templates: list[int] = field(default_factory=list)  # templates to show first as evidence
+
+
+class Tier0Detector:
+    """Scores windows against per-service baselines; passes `Assessment`s to `next`."""
+
+    def __init__(self, config: DetectConfig | None, next: AssessmentsConsumer | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.config = config or DetectConfig()
+        self.config.validate()
+        self._next = next
+        self._lock = threading.Lock()
+        self._baselines: OrderedDict[str, _Baseline] = OrderedDict()
+        words = sorted({w.lower() for w in self.config.error_words if w}, key=len, reverse=True)
+        self._error_re = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")", re.IGNORECASE) \
+            if words else None
+        registry = registry if registry is not None else CollectorRegistry()
+        self.m_windows = Counter("tier0_windows", "Windows scored by tier 0", ["kind"], registry=registry)
+        self.m_flagged = Counter("tier0_flagged", "Windows flagged by tier 0", ["type"], registry=registry)
+        self.m_evicted = Counter("tier0_baseline_evictions", "Baseline entries evicted (caps)", ["reason"],
+                                 registry=registry)
+        self.m_services = Gauge("tier0_services", "Services with a baseline", registry=registry)
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._started = True
+
+    def shutdown(self) -> None:
+        self._started = False
+
+    # ------------------------------------------------------------------ consuming
+    def consume_windows(self, windows: Sequence[Window]) -> list[Assessment]:
+        out = [self.assess(w) for w in windows]
+        if out and self._next is not None:
+            self._next.consume_assessments(out)
+        return out
+
+    def assess(self, w: Window) -> Assessment:
+        with self._lock:
+            b = self._baseline(w.service)
+            problems = self._score(b, w)
+            best = max(problems, key=lambda p: p.confidence) if problems else None
+            flagged = best is not None and best.confidence >= self.config.threshold
+            self._learn(b, w, flagged)
+        self.m_windows.labels(w.kind).inc()
+        reasons = [f"{p.type} ({p.confidence:.2f}): {p.explanation}" for p in
+                   sorted(problems, key=lambda p: -p.confidence)]
+        score = best.confidence if best else 0.0
+        finding = None
+        if flagged and best is not None:
+            self.m_flagged.labels(best.type).inc()
+            finding = self._finding(w, best, problems)
+        return Assessment(window=w, score=score, flagged=flagged, finding=finding, reasons=reasons,
+                          problem=best.type if best else "")
+
+    # ------------------------------------------------------------------ scoring
+    def _surprise_conf(self, p: float) -> float:
+        s = -math.log10(max(p, 1e-300))
+        return confidence_from_surprise(s, self.config.surprise_midpoint, self.config.surprise_slope)
+
+    def error_words_in(self, text: str) -> list[str]:
+        if self._error_re is None:
+            return []
+        return sorted({m.group(0).lower() for m in self._error_re.finditer(text)})
+
+    def _score(self, b: _Baseline, w: Window) -> list[_Problem]:
+        cfg = self.config
+        problems: list[_Problem] = []
+        if w.kind == "session":
+            if b.sessions >= cfg.warmup_sessions:
+                problems += self._novel(b, w)
+                for p in (self._invariants(b, w), self._sequence(b, w)):
+                    if p:
+                        problems.append(p)
+            return problems
+        if b.windows < cfg.warmup_windows:
+            return problems
+        if w.count == 0:
+            lam = b.count.mean
+            if lam >= cfg.silence_min_expected:
+                pr = math.exp(-lam)
+                problems.append(_Problem(
+                    "silence", self._surprise_conf(pr), "high",
+                    f"service {w.service} sent no log lines in this {_dur(w)} window; it usually sends "
+                    f"{lam:.1f} lines per window (P(0 lines) = {pr:.2g})"))
+            return problems
+        problems += self._novel(b, w)
+        for kind, count, ewma in (("error", w.error_count, b.error_share),
+                                  ("warn", w.warn_count, b.warn_share)):
+            if count < cfg.min_errors:
+                continue
+            share = ewma.mean
+            lam = max(w.count * share, 0.05 * cfg.min_errors)
+            pr = poisson_sf(count, lam)
+            conf = self._surprise_conf(pr)
+            if conf > 0.05:
+                sev = "high" if kind == "error" else "medium"
+                if w.severity_counts.get("fatal", 0):
+                    sev = "critical"
+                problems.append(_Problem(
+                    "error_burst", conf, sev,
+                    f"{count} {kind} lines out of {w.count} ({count / w.count:.0%}); baseline {kind} share "
+                    f"{share:.2%} predicts {w.count * share:.1f} (P(>= {count}) = {pr:.2g})",
+                    [t for t, n in sorted(w.template_errors.items(), key=lambda kv: -kv[1])]))
+        if w.count >= cfg.shift_min_count and b.hist and b.js.n >= 3:
+            total = float(w.count)
+            cur = {t: n / total for t, n in w.template_counts.items()}
+            js = js_divergence(cur, b.hist)
+            if js >= cfg.shift_min_js:
+                sd = math.sqrt(max(b.js.var, 1e-4))
+                z = (js - b.js.mean) / sd
+                pr = normal_sf(z)
+                conf = self._surprise_conf(pr)
+                if conf > 0.05:
+                    gained = sorted(cur, key=lambda t: -(cur[t] - b.hist.get(t, 0.0)))[:3]
+                    problems.append(_Problem(
+                        "distribution_shift", conf, "medium",
+                        f"template mix changed: JS divergence {js:.2f} bits vs baseline {b.js.mean:.2f} "
+                        f"+- {sd:.2f} (z = {z:.1f}); most increased: "
+                        + ", ".join(f"#{t} {cur[t]:.0%} (was {b.hist.get(t, 0.0):.0%})" for t in gained),
+                        gained))
+        return problems
+
+    def _novel(self, b: _Baseline, w: Window) -> list[_Problem]:
+        cfg = self.config
+        best: _Problem | None = None
+        novel = [t for t in w.template_counts if t >= 0 and t not in b.templates]
+        for t in novel:
+            text = w.templates.get(t, "")
+            sev = w.template_worst.get(t, "unknown")
+            prior = _SEV_PRIOR.get(sev, cfg.novel_info_prior)
+            words = self.error_words_in(text)
+            if words:
+                prior = min(0.97, prior + cfg.error_word_bonus)
+            if best is None or prior > best.confidence:
+                severity = {"fatal": "critical", "error": "high", "warn": "medium"}.get(
+                    sev, "medium" if words else "low")
+                best = _Problem(
+                    "novel_template", prior, severity,
+                    f"{len(novel)} template(s) never seen before for {w.service}; strongest: "
+                    f"\"{text[:200]}\" ({w.template_counts[t]} line(s), worst severity {sev}"
+                    + (f", error words: {', '.join(words)}" if words else "") + ")",
+                    [t] + [x for x in novel if x != t])
+        return [best] if best else []
+
+    def _invariants(self, b: _Baseline, w: Window) -> _Problem | None:
+        """Count invariants of sessions (Invariants-Mining spirit, learned online): pairs of frequent
+        templates whose counts are equal in >= inv_min_hold of the sessions showing either, and
+        templates that (almost) always come with another one. Confidence = the share of past
+        sessions that obeyed the violated invariant."""
+        cfg = self.config
+        c = w.template_counts
+        worst: tuple[float, str, list[int]] | None = None
+        for a in b.inv_top:
+            ca = c.get(a, 0)
+            for bb in b.inv_top:
+                if a >= bb:
+                    continue
+                cb = c.get(bb, 0)
+                if ca == cb:
+                    continue
+                n, h = b.inv_eq.get((a, bb), (0, 0))
+                if n >= cfg.inv_min_support and h / n >= cfg.inv_min_hold:
+                    rate = h / n
+                    if worst is None or rate > worst[0]:
+                        worst = (rate, f"count(#{a}) = {ca} but count(#{bb}) = {cb}; they were equal in "
+                                 f"{h} of {n} sessions ({rate:.1%})", [a, bb])
+            if ca:
+                for bb in b.inv_top:
+                    if bb == a or c.get(bb, 0):
+                        continue
+                    n, h = b.inv_imp.get((a, bb), (0, 0))
+                    if n >= cfg.inv_min_support and h / n >= cfg.inv_min_hold:
+                        rate = h / n
+                        if worst is None or rate > worst[0]:
+                            worst = (rate, f"#{a} occurred without #{bb}; they came together in {h} of {n} "
+                                     f"sessions ({rate:.1%})", [a, bb])
+        if worst is None:
+            return None
+        rate, why, tids = worst
+        names = "; ".join(f"#{t} = \"{w.templates.get(t, b.inv_top and '?')[:100]}\"" for t in tids
+                          if t in w.templates)
+        return _Problem("sequence", rate, "medium",
+                        f"session {w.key} ({w.count} lines) breaks a count invariant: {why}"
+                        + (f" [{names}]" if names else ""), tids)
+
+    def _seq_prob(self, b: _Baseline, ctx2: tuple[int, ...], ctx1: tuple[int, ...], nxt: int) -> float | None:
+        cfg = self.config
+        for ctx in (ctx2, ctx1):
+            total = b.ctx_total.get(ctx, 0)
+            if total >= cfg.seq_min_support:
+                nexts = b.trans.get(ctx, {})
+                k = len(nexts) + 1
+                return (nexts.get(nxt, 0) + cfg.seq_smoothing) / (total + cfg.seq_smoothing * k)
+        return None
+
+    def _sequence(self, b: _Baseline, w: Window) -> _Problem | None:
+        seq = [START, *w.template_sequence, END]
+        worst_p = 1.0
+        worst_at = -1
+        for i in range(1, len(seq)):
+            ctx2 = (seq[i - 2], seq[i - 1]) if i >= 2 else (START, START)
+            p = self._seq_prob(b, ctx2, (seq[i - 1],), seq[i])
+            if p is not None and p < worst_p:
+                worst_p, worst_at = p, i
+        if worst_at < 0:
+            return None
+        conf = self._surprise_conf(worst_p)
+        if conf <= 0.05:
+            return None
+
+        def name(t: int) -> str:
+            if t == START:
+                return "<session start>"
+            if t == END:
+                return "<session end>"
+            return f"\"{w.templates.get(t, '#' + str(t))[:120]}\""
+
+        prev, nxt = seq[worst_at - 1], seq[worst_at]
+        if nxt == END:
+            what = f"session ended after {name(prev)}, which rarely closes a session"
+        else:
+            what = f"{name(nxt)} followed {name(prev)}"
+        return _Problem(
+            "sequence", conf, "medium",
+            f"unusual order in session {w.key} ({w.count} lines): {what} "
+            f"(learned P = {worst_p:.2g} from {b.sessions} sessions)",
+            [nxt] if nxt >= 0 else ([prev] if prev >= 0 else []))
+
+    # ------------------------------------------------------------------ learning
+    def _learn(self, b: _Baseline, w: Window, flagged: bool) -> None:
+        cfg = self.config
+        a = cfg.ewma_alpha
+        for t, n in w.template_counts.items():
+            if t < 0:
+                continue
+            b.templates[t] = b.templates.get(t, 0) + n
+            b.templates.move_to_end(t)
+        while len(b.templates) > cfg.max_templates_per_service:
+            b.templates.popitem(last=False)
+            self.m_evicted.labels("templates").inc()
+        if w.kind == "session":
+            b.sessions += 1
+            seq = [START, START, *w.template_sequence, END]
+            for i in range(2, len(seq)):
+                self._count(b, (seq[i - 2], seq[i - 1]), seq[i])
+                self._count(b, (seq[i - 1],), seq[i])
+            if b.n_trans > cfg.max_transitions_per_service:
+                self._prune(b)
+            self._learn_invariants(b, w)
+            return
+        b.windows += 1
+        if w.count == 0:
+            return  # an empty window says nothing about the mix; the count EWMA keeps its level
+        if not flagged or b.windows <= cfg.warmup_windows:
+            b.error_share.update(w.error_count / w.count, a)
+            b.warn_share.update(w.warn_count / w.count, a)
+            b.count.update(float(w.count), a)
+            total = float(w.count)
+            cur = {t: n / total for t, n in w.template_counts.items()}
+            if b.hist:
+                b.js.update(js_divergence(cur, b.hist), a)
+                keys = set(b.hist) | set(cur)
+                hist = {k: (1 - a) * b.hist.get(k, 0.0) + a * cur.get(k, 0.0) for k in keys}
+                b.hist = {k: v for k, v in hist.items() if v > 1e-4}
+                if len(b.hist) > cfg.max_templates_per_service:
+                    keep = sorted(b.hist.items(), key=lambda kv: -kv[1])[: cfg.max_templates_per_service]
+                    self.m_evicted.labels("histogram").inc(len(b.hist) - len(keep))
+                    b.hist = dict(keep)
+            else:
+                b.hist = cur
+
+    def _learn_invariants(self, b: _Baseline, w: Window) -> None:
+        cfg = self.config
+        if not cfg.inv_templates:
+            return
+        c = w.template_counts
+        for t in c:
+            if t >= 0:
+                b.sess_df[t] = b.sess_df.get(t, 0) + 1
+        if len(b.sess_df) > cfg.max_templates_per_service:
+            keep = sorted(b.sess_df.items(), key=lambda kv: -kv[1])[: cfg.max_templates_per_service]
+            self.m_evicted.labels("session_templates").inc(len(b.sess_df) - len(keep))
+            b.sess_df = dict(keep)
+        if b.sessions % 64 == 1 or len(b.inv_top) < cfg.inv_templates:
+            top = sorted(b.sess_df, key=lambda t: -b.sess_df[t])[: cfg.inv_templates]
+            if set(top) != set(b.inv_top):
+                keep_set = set(top)
+                b.inv_eq = {k: v for k, v in b.inv_eq.items() if k[0] in keep_set and k[1] in keep_set}
+                b.inv_imp = {k: v for k, v in b.inv_imp.items() if k[0] in keep_set and k[1] in keep_set}
+            b.inv_top = top
+        top = b.inv_top
+        for i, a in enumerate(top):
+            ca = c.get(a, 0)
+            for bb in top[i + 1:]:
+                cb = c.get(bb, 0)
+                if ca or cb:
+                    key = (a, bb) if a < bb else (bb, a)
+                    st = b.inv_eq.get(key)
+                    if st is None:
+                        st = b.inv_eq[key] = [0, 0]
+                    st[0] += 1
+                    st[1] += ca == cb
+            if ca:
+                for bb in top:
+                    if bb != a:
+                        st = b.inv_imp.get((a, bb))
+                        if st is None:
+                            st = b.inv_imp[(a, bb)] = [0, 0]
+                        st[0] += 1
+                        st[1] += c.get(bb, 0) > 0
+
+    @staticmethod
+    def _count(b: _Baseline, ctx: tuple[int, ...], nxt: int) -> None:
+        nexts = b.trans.get(ctx)
+        if nexts is None:
+            nexts = b.trans[ctx] = {}
+        if nxt not in nexts:
+            nexts[nxt] = 0
+            b.n_trans += 1
+        nexts[nxt] += 1
+        b.ctx_total[ctx] = b.ctx_total.get(ctx, 0) + 1
+
+    def _prune(self, b: _Baseline) -> None:
+        """Transition cap hit: drop the rarest half of the (context, next) pairs."""
+        pairs = sorted((c, ctx, n) for ctx, nexts in b.trans.items() for n, c in nexts.items())
+        drop = pairs[: len(pairs) // 2]
+        for c, ctx, n in drop:
+            del b.trans[ctx][n]
+            b.ctx_total[ctx] -= c
+            if not b.trans[ctx]:
+                del b.trans[ctx]
+                del b.ctx_total[ctx]
+        b.n_trans -= len(drop)
+        self.m_evicted.labels("transitions").inc(len(drop))
+
+    def _baseline(self, service: str) -> _Baseline:
+        b = self._baselines.get(service)
+        if b is None:
+            if len(self._baselines) >= self.config.max_services:
+                self._baselines.popitem(last=False)
+                self.m_evicted.labels("services").inc()
+            b = self._baselines[service] = _Baseline()
+            self.m_services.set(len(self._baselines))
+        else:
+            self._baselines.move_to_end(service)
+        return b
+
+    # ------------------------------------------------------------------ findings
+    def _finding(self, w: Window, best: _Problem, problems: list[_Problem]) -> Finding:
+        cfg = self.config
+        evidence: list[str] = []
+        order = list(range(len(w.exemplars)))
+        first = set(best.templates[:3])
+        order.sort(key=lambda i: 0 if (i < len(w.exemplar_templates) and w.exemplar_templates[i] in first)
+                   else 1)
+        for i in order[: cfg.max_evidence]:
+            evidence.append(w.exemplars[i])
+        if best.type == "sequence" and w.template_sequence:
+            evidence.append("sequence: " + " -> ".join(str(t) for t in w.template_sequence[:40]))
+        others = [p for p in problems if p is not best]
+        body = f"[tier0 {best.type}] {best.explanation}."
+        if others:
+            body += " Also: " + "; ".join(f"{p.type} ({p.confidence:.2f}): {p.explanation}" for p in others)
+        attrs: dict[str, Any] = {
+            A_SERVICE: w.service,
+            A_SEVERITY: best.severity,
+            A_TYPE: best.type,
+            A_CONFIDENCE: round(float(best.confidence), 4),
+            A_DETECTOR: "tier0",
+            A_WINDOW_START: int(w.start_ns),
+            A_WINDOW_END: int(w.end_ns),
+            A_EVIDENCE: evidence,
+            "anomaly.window.kind": w.kind,
+            "anomaly.window.key": w.key,
+        }
+        return Finding(event_name=EVENT_ANOMALY, attributes=attrs, body=body,
+                       time_ns=w.end_ns or w.start_ns,
+                       trace_id=w.error_trace_ids[0] if w.error_trace_ids else "",
+                       span_id=w.error_span_ids[0] if w.error_span_ids else "")
+
+    # ------------------------------------------------------------------ state
+    def services(self) -> list[str]:
+        with self._lock:
+            return list(self._baselines)
+
+    def baseline_info(self, service: str) -> dict[str, Any] | None:
+        with self._lock:
+            b = self._baselines.get(service)
+            if b is None:
+                return None
+            return {"windows": b.windows, "sessions": b.sessions, "templates": len(b.templates),
+                    "transitions": b.n_trans, "error_share": b.error_share.mean, "count": b.count.mean}
+
+    def save(self, path: str) -> None:
+        """Write the baselines as JSON (atomic replace)."""
+        with self._lock:
+            data = {"version": STATE_VERSION,
+                    "services": [[name, b.to_json()] for name, b in self._baselines.items()]}
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tier0-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self, path: str) -> int:
+        """Restore baselines saved by `save`; returns the number of services loaded."""
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"{path}: unsupported tier0 state version {data.get('version')!r}")
+        loaded: OrderedDict[str, _Baseline] = OrderedDict()
+        for name, bj in data["services"][-self.config.max_services:]:
+            loaded[str(name)] = _Baseline.from_json(bj)
+        with self._lock:
+            self._baselines = loaded
+            self.m_services.set(len(loaded))
+        return len(loaded)
+
+
+def _dur(w: Window) -> str:
+    s = (w.end_ns - w.start_ns) / 1e9
+    return f"{s:.0f} s"

@@ -1,0 +1,288 @@
+"""Tier-0 detector: one unit test per anomaly type, calibration, dedup, warm-up, caps, persistence."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from receiver.detect import Assessment, DetectConfig, Tier0Detector, Tier0Only
+from receiver.detect.tier0 import confidence_from_surprise, js_divergence, poisson_sf
+from receiver.errors import ConfigError
+from receiver.logs.windows import NS, Window
+from receiver.model import (
+    A_CONFIDENCE,
+    A_DETECTOR,
+    A_EVIDENCE,
+    A_SERVICE,
+    A_SEVERITY,
+    A_TYPE,
+    A_WINDOW_END,
+    A_WINDOW_START,
+    EVENT_ANOMALY,
+    SEVERITIES,
+    FindingsSink,
+)
+
+TEMPLATES = {1: "GET <*> 200", 2: "cache hit <*>", 3: "user <*> logged in", 4: "db query took <*> ms",
+             9: "connection refused to <*>", 10: "payment service restarted", 11: "Exception in thread <*>"}
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.assessments: list[Assessment] = []
+
+    def consume_assessments(self, a: list[Assessment]) -> None:
+        self.assessments.extend(a)
+
+
+def win(i: int, counts: dict[int, int], errors: dict[int, int] | None = None, warns: int = 0,
+        service: str = "api", trace: str = "") -> Window:
+    errors = errors or {}
+    n = sum(counts.values())
+    n_err = sum(errors.values())
+    sev = {"info": n - n_err - warns}
+    if n_err:
+        sev["error"] = n_err
+    if warns:
+        sev["warn"] = warns
+    worst = {t: ("error" if t in errors else "info") for t in counts}
+    ex = [f"line of {t}" for t in counts][:5]
+    traced = bool(trace and n_err)
+    return Window(service=service, kind="tumbling", key="", start_ns=i * 60 * NS, end_ns=(i + 1) * 60 * NS,
+                  count=n, template_counts=dict(counts),
+                  templates={t: TEMPLATES.get(t, f"t{t}") for t in counts},
+                  severity_counts={k: v for k, v in sev.items() if v}, template_errors=dict(errors),
+                  template_worst=worst, rate=n / 60, exemplars=ex, exemplar_templates=list(counts)[:5],
+                  error_trace_ids=[trace] if traced else [], error_span_ids=["cd" * 8] if traced else [])
+
+
+def normal(i: int, rng: random.Random, service: str = "api") -> Window:
+    counts = {1: 40 + rng.randint(-5, 5), 2: 25 + rng.randint(-4, 4), 3: 10 + rng.randint(-3, 3),
+              4: 5 + rng.randint(-2, 2)}
+    err = {4: 1} if rng.random() < 0.2 else {}
+    return win(i, counts, err, service=service)
+
+
+def trained(n: int = 30, **kw: object) -> tuple[Tier0Detector, Collect]:
+    sink = Collect()
+    det = Tier0Detector(DetectConfig(**kw), sink, CollectorRegistry())  # type: ignore[arg-type]
+    rng = random.Random(7)
+    out = det.consume_windows([normal(i, rng) for i in range(n)])
+    assert not any(a.flagged for a in out)  # normal traffic: quiet
+    return det, sink
+
+
+def check_contract(a: Assessment, type_: str) -> None:
+    assert a.flagged and a.finding is not None
+    f = a.finding
+    assert f.event_name == EVENT_ANOMALY
+    at = f.attributes
+    assert at[A_TYPE] == type_ and at[A_DETECTOR] == "tier0" and at[A_SERVICE] == a.window.service
+    assert at[A_SEVERITY] in SEVERITIES
+    assert isinstance(at[A_CONFIDENCE], float) and 0.6 <= at[A_CONFIDENCE] <= 1.0
+    assert at[A_WINDOW_START] == a.window.start_ns and at[A_WINDOW_END] == a.window.end_ns
+    assert isinstance(at[A_EVIDENCE], list) and all(isinstance(x, str) for x in at[A_EVIDENCE])
+    assert f.body.startswith(f"[tier0 {type_}]")
+
+
+def test_quiet_on_normal_and_warmup() -> None:
+    det, sink = trained()
+    assert len(sink.assessments) == 30
+    # during warm-up nothing is reported even for an alarming window
+    fresh = Tier0Detector(DetectConfig(warmup_windows=5), None, CollectorRegistry())
+    a = fresh.assess(win(0, {9: 50}, {9: 50}))
+    assert not a.flagged and a.reasons == []
+
+
+def test_novel_template_weighted_by_severity_and_error_words() -> None:
+    det, _ = trained()
+    rng = random.Random(1)
+    w = normal(100, rng)
+    w.template_counts[9] = 2
+    w.templates[9] = TEMPLATES[9]
+    w.template_worst[9] = "error"
+    w.template_errors[9] = 2
+    w.severity_counts["error"] = w.severity_counts.get("error", 0) + 2
+    w.count += 2
+    w.exemplars.append("connection refused to db:5432")
+    w.exemplar_templates.append(9)
+    w.error_trace_ids, w.error_span_ids = ["ab" * 16], ["cd" * 8]
+    a = det.assess(w)
+    check_contract(a, "novel_template")
+    assert a.finding is not None
+    assert a.finding.attributes[A_CONFIDENCE] == pytest.approx(0.95)  # error 0.8 + error word 0.15
+    assert a.finding.attributes[A_EVIDENCE][0] == "connection refused to db:5432"  # its exemplar first
+    assert a.finding.trace_id == "ab" * 16 and a.finding.span_id == "cd" * 8
+    assert "refused" in a.finding.body
+    # an INFO novel template without error words stays below the threshold (0.35)
+    w2 = normal(101, rng)
+    w2.template_counts[10] = 1
+    w2.templates[10] = TEMPLATES[10]
+    w2.template_worst[10] = "info"
+    w2.count += 1
+    a2 = det.assess(w2)
+    assert not a2.flagged and any("novel_template (0.35)" in r for r in a2.reasons)
+    # learned: the same template is not novel again
+    w.start_ns += 60 * NS
+    assert not any(r.startswith("novel_template") for r in det.assess(w).reasons)
+
+
+def test_error_burst_one_finding_per_window() -> None:
+    det, _ = trained()
+    counts = {1: 40, 2: 25, 3: 10, 4: 5}
+    a = det.assess(win(200, counts, {4: 5}, trace="ef" * 16))
+    check_contract(a, "error_burst")
+    assert a.finding is not None and a.finding.attributes[A_SEVERITY] == "high"
+    assert "5 error lines out of 80" in a.finding.body
+    # the burst goes on: still ONE finding per window, and the storm does not become the baseline
+    later = det.consume_windows([win(201 + i, counts, {4: 5}) for i in range(5)])
+    assert all(x.flagged and x.problem == "error_burst" for x in later)
+    assert sum(1 for x in later if x.finding) == 5
+    info = det.baseline_info("api")
+    assert info is not None and info["error_share"] < 0.01
+
+
+def test_warn_burst() -> None:
+    det, _ = trained()
+    a = det.assess(win(300, {1: 40, 2: 25, 3: 10, 4: 5}, warns=12))
+    check_contract(a, "error_burst")
+    assert "12 warn lines" in a.finding.body  # type: ignore[union-attr]
+
+
+def test_distribution_shift() -> None:
+    det, _ = trained(60)
+    a = det.assess(win(400, {1: 2, 2: 70, 3: 1, 4: 5}))  # same templates, very different mix
+    check_contract(a, "distribution_shift")
+    assert "JS divergence" in a.finding.body  # type: ignore[union-attr]
+
+
+def test_silence_of_a_chatty_service() -> None:
+    det, _ = trained()
+    empty = Window(service="api", kind="tumbling", key="", start_ns=500 * 60 * NS, end_ns=501 * 60 * NS,
+                   closed_by="empty")
+    a = det.assess(empty)
+    check_contract(a, "silence")
+    assert a.finding is not None and a.finding.attributes[A_CONFIDENCE] > 0.99
+    # a quiet service going silent is not news
+    quiet = Tier0Detector(DetectConfig(), None, CollectorRegistry())
+    for i in range(10):
+        quiet.assess(win(i, {1: 2}, service="cron"))
+    e2 = Window(service="cron", kind="tumbling", key="", start_ns=99 * 60 * NS, end_ns=100 * 60 * NS)
+    assert not quiet.assess(e2).flagged
+
+
+def session(i: int, seq: list[int]) -> Window:
+    counts: dict[int, int] = {}
+    for t in seq:
+        counts[t] = counts.get(t, 0) + 1
+    return Window(service="hdfs", kind="session", key=f"blk_{i}", start_ns=i * NS, end_ns=i * NS + NS,
+                  count=len(seq), template_counts=counts, templates={t: f"step {t}" for t in counts},
+                  severity_counts={"info": len(seq)}, template_worst={t: "info" for t in counts},
+                  template_sequence=list(seq), exemplars=[f"step {t}" for t in seq[:3]])
+
+
+def trained_sessions() -> Tier0Detector:
+    det = Tier0Detector(DetectConfig(warmup_sessions=50), None, CollectorRegistry())
+    rng = random.Random(3)
+    for i in range(1500):  # an unseen step needs ~1/1000 support to be surprising enough
+        mid = [2, 2, 2, 3, 3, 3]
+        rng.shuffle(mid)  # concurrency: the middle order varies
+        out = det.assess(session(i, [1, *mid, 4]))
+        assert not out.flagged
+    return det
+
+
+def test_sequence_unseen_transition() -> None:
+    det = trained_sessions()
+    a = det.assess(session(1000, [1, 4, 2, 2, 2, 3, 3, 3]))  # closes before the work
+    check_contract(a, "sequence")
+    assert "unusual order" in a.finding.body and "learned P = " in a.finding.body  # type: ignore[union-attr]
+    assert "sequence: 1 -> 4 -> 2" in a.finding.attributes[A_EVIDENCE][-1]  # type: ignore[union-attr]
+
+
+def test_sequence_missing_closing_template() -> None:
+    det = trained_sessions()
+    a = det.assess(session(1001, [1, 2, 3, 2, 3, 2, 3]))  # never reaches step 4
+    check_contract(a, "sequence")
+
+
+def test_session_count_invariant() -> None:
+    det = trained_sessions()
+    a = det.assess(session(1002, [1, 2, 2, 3, 3, 2, 3, 3, 4]))  # 3 x step 2 but 4 x step 3
+    check_contract(a, "sequence")
+    assert "invariant" in a.finding.body  # type: ignore[union-attr]
+    ok = det.assess(session(1003, [1, 3, 2, 2, 3, 3, 2, 4]))
+    assert not ok.flagged
+
+
+def test_tier0only_forwards_findings_only() -> None:
+    sink = FindingsSink()
+    fwd = Tier0Only(sink)
+    det = Tier0Detector(DetectConfig(warmup_windows=2), fwd, CollectorRegistry())
+    rng = random.Random(5)
+    det.consume_windows([normal(i, rng) for i in range(10)])
+    assert sink.findings == []
+    det.consume_windows([win(50, {1: 40, 2: 25, 3: 10, 4: 5}, {4: 20}), normal(51, rng)])
+    assert [f.attributes[A_TYPE] for f in sink.findings] == ["error_burst"]
+
+
+def test_caps_and_eviction_are_counted() -> None:
+    reg = CollectorRegistry()
+    det = Tier0Detector(DetectConfig(max_services=2, max_templates_per_service=5,
+                                     max_transitions_per_service=20), None, reg)
+    for s in ("a", "b", "c"):
+        det.assess(win(0, {1: 1}, service=s))
+    assert det.services() == ["b", "c"]
+    det.assess(win(1, {t: 1 for t in range(20, 30)}, service="c"))
+    info = det.baseline_info("c")
+    assert info is not None and info["templates"] == 5
+    for i in range(40):
+        det.assess(session(i, [100 + i, 200 + i, 300 + i]))
+    info = det.baseline_info("hdfs")
+    assert info is not None and info["transitions"] <= 20
+    ev = {r: reg.get_sample_value("tier0_baseline_evictions_total", {"reason": r})
+          for r in ("services", "templates", "transitions")}
+    assert ev["services"] == 2 and ev["templates"] >= 6 and ev["transitions"] > 0
+
+
+def test_save_and_load_restore_baselines(tmp_path: Path) -> None:
+    det, _ = trained()
+    for i in range(60):
+        det.assess(session(i, [1, 2, 3, 4]))
+    path = tmp_path / "state" / "tier0.json"
+    det.save(str(path))
+    fresh = Tier0Detector(DetectConfig(), None, CollectorRegistry())
+    assert fresh.load(str(path)) == 2
+    assert fresh.baseline_info("api") == det.baseline_info("api")
+    assert fresh.baseline_info("hdfs") == det.baseline_info("hdfs")
+    # the restored detector is past warm-up and reports the same burst the original does
+    burst = win(900, {1: 40, 2: 25, 3: 10, 4: 5}, {4: 6})
+    assert fresh.assess(burst).problem == det.assess(burst).problem == "error_burst"
+    (tmp_path / "bad.json").write_text('{"version": 99}')
+    with pytest.raises(ValueError, match="version"):
+        fresh.load(str(tmp_path / "bad.json"))
+
+
+def test_calibration_helpers() -> None:
+    assert confidence_from_surprise(3.0, 3.0, 1.5) == pytest.approx(0.5)
+    assert confidence_from_surprise(6.0, 3.0, 1.5) > 0.98
+    assert confidence_from_surprise(1.0, 3.0, 1.5) < 0.05
+    assert poisson_sf(0, 2.0) == 1.0
+    assert poisson_sf(1, 2.0) == pytest.approx(1 - 2.718281828 ** -2, rel=1e-6)
+    assert poisson_sf(10, 1.0) == pytest.approx(1.1142e-7, rel=1e-3)
+    assert js_divergence({1: 1.0}, {1: 1.0}) == 0.0
+    assert js_divergence({1: 1.0}, {2: 1.0}) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kw,key", [
+    ({"threshold": 0}, "detect.threshold"),
+    ({"ewma_alpha": 2}, "detect.ewma_alpha"),
+    ({"max_services": 0}, "detect.max_services"),
+    ({"inv_min_hold": 1.0}, "detect.inv_min_hold"),
+])
+def test_config_errors(kw: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        DetectConfig(**kw).validate()  # type: ignore[arg-type]
