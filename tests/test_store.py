@@ -67,6 +67,31 @@ def test_findings_round_trip_exactly(make_store: StoreFactory) -> None:
     assert store.count("findings") == 2
 
 
+def test_hostile_text_is_stored_the_same_on_both_backends(make_store: StoreFactory) -> None:
+    store = make_store()
+    weird = Finding(EVENT_ANOMALY, {A_SERVICE: "svc\x00x", "k\x00": "v\x00\ud800", "arr": ["\x00", "\udfff"]},
+                    body="nul \x00 and lone surrogate \ud800 end", time_ns=T0)
+    out_of_range = Finding(EVENT_ANOMALY, {A_SERVICE: "a"}, time_ns=2**64)
+    ok = anomaly("b", T0 + 1)
+    store.consume_findings([weird, out_of_range, ok])  # the bad row is skipped, the others kept
+    got = store.get_finding(weird.id)
+    assert got is not None
+    assert got.body == "nul \ufffd and lone surrogate \ufffd end"
+    assert got.attributes == weird.attributes  # JSON escapes keep attribute text exact
+    assert [f.id for f in store.list_findings(service="svc\ufffdx")] == [weird.id]
+    assert store.get_finding(ok.id) == ok and store.get_finding(out_of_range.id) is None
+    assert store.registry.get_sample_value("store_errors_total", {"op": "bad_finding"}) == 1
+    inc = Incident(opened_ns=T0, updated_ns=T0, services=["a\x00"], root_cause_service="b\x00")
+    store.upsert_incident(inc)
+    note = store.add_resolution(inc.id, "fixed \x00 it", author="me\ud800")
+    assert note is not None and note["note"] == "fixed \ufffd it"
+    got_inc = store.get_incident(inc.id)
+    assert got_inc is not None and got_inc.services == ["a\x00"] and got_inc.root_cause_service == "b\ufffd"
+    assert got_inc.resolution_notes[0]["author"] == "me\ufffd"
+    store.record_llm_call({"model": "m\x00", "extra\x00": "\ud800"})
+    assert store.list_llm_calls()[0]["model"] == "m\ufffd"
+
+
 def test_findings_filters(make_store: StoreFactory) -> None:
     store = make_store()
     fs = [anomaly("checkout", T0 + i * 10**9, severity="high" if i % 2 else "low") for i in range(10)]

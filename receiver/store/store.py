@@ -135,12 +135,30 @@ def _jdump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
+def _text(value: Any) -> str:
+    """A string both backends store as is: PostgreSQL TEXT cannot hold NUL, and neither driver
+    encodes lone surrogates; both become U+FFFD (JSON columns escape them instead)."""
+    s = value if isinstance(value, str) else str(value)
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in s)
+    return s
+
+
 def _finding_row(f: Finding, stored_ns: int) -> tuple[Any, ...]:
-    attrs = f.attributes if isinstance(f.attributes, dict) else {}
+    if not isinstance(f.attributes, dict):
+        raise ValueError("attributes must be a dict")
+    attrs = f.attributes
+    t = int(f.time_ns)
+    if not 0 <= t < 2**63:
+        raise ValueError(f"time_ns out of range: {t}")
     service = attrs.get(A_SERVICE) or attrs.get(R_ROOT_CAUSE) or ""
     severity = attrs.get(A_SEVERITY) or ""
-    return (str(f.id), str(f.event_name), int(f.time_ns), str(service), str(severity), str(f.trace_id or ""),
-            str(f.span_id or ""), str(f.body or ""), _jdump(attrs), stored_ns)
+    return (_text(f.id), _text(f.event_name), t, _text(service), _text(severity), _text(f.trace_id or ""),
+            _text(f.span_id or ""), _text(f.body or ""), _jdump(attrs), stored_ns)
 
 
 def _row_finding(row: Sequence[Any]) -> Finding:
@@ -452,9 +470,9 @@ class Store:
         for k in ("id", "status", "opened_ns", "updated_ns", "resolved_ns", "severity", "root_cause_service",
                   "resolution_notes"):
             data.pop(k, None)
-        row = (incident.id, incident.status, int(incident.opened_ns), int(incident.updated_ns),
-               None if incident.resolved_ns is None else int(incident.resolved_ns), incident.severity,
-               incident.root_cause_service, _jdump(data), time.time_ns())
+        row = (_text(incident.id), incident.status, int(incident.opened_ns), int(incident.updated_ns),
+               None if incident.resolved_ns is None else int(incident.resolved_ns), _text(incident.severity),
+               _text(incident.root_cause_service), _jdump(data), time.time_ns())
         statement = (
             f"INSERT INTO incidents ({_INCIDENT_COLS}, stored_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET status = excluded.status, opened_ns = excluded.opened_ns, "
@@ -528,6 +546,7 @@ class Store:
         if not isinstance(author, str) or len(author) > 200:
             raise ValueError("author must be a string of at most 200 characters")
         t = time.time_ns() if time_ns is None else int(time_ns)
+        note, author = _text(note), _text(author)
 
         def run(cur: Any) -> dict[str, Any] | None:
             if self._ex(cur, "SELECT id FROM incidents WHERE id = ?", (str(incident_id),)).fetchone() is None:
@@ -560,9 +579,10 @@ class Store:
             total = c.get("total_tokens", c.get("tokens"))
             total_tokens = _int(total) if total is not None else prompt_tokens + completion_tokens
             extra = {k: v for k, v in c.items() if k not in _LLM_KNOWN}
-            row = (_int(c.get("time_ns")) or time.time_ns(), str(c.get("model") or ""),
-                   str(c.get("tier") or ""), str(c.get("outcome") or ""), str(c.get("prompt_sha256") or ""),
-                   prompt_tokens, completion_tokens, total_tokens, _float_or_none(c.get("latency_s")),
+            row = (_int(c.get("time_ns")) or time.time_ns(), _text(c.get("model") or ""),
+                   _text(c.get("tier") or ""), _text(c.get("outcome") or ""),
+                   _text(c.get("prompt_sha256") or ""), prompt_tokens, completion_tokens, total_tokens,
+                   _float_or_none(c.get("latency_s")),
                    _float_or_none(c.get("cost_usd")), 1 if c.get("cache_hit") else 0, _jdump(redactions),
                    _jdump(extra), time.time_ns())
             statement = ("INSERT INTO llm_calls (time_ns, model, tier, outcome, prompt_sha256, "
