@@ -167,8 +167,12 @@ def test_quiet_period_resolves(make_store: StoreFactory) -> None:
     # a later anomaly of the same service opens a NEW incident
     later = tr.observe(anomaly("checkout", T0 + 601 * S))
     assert later is not None and later.id != inc.id and later.status == "open"
-    # event time alone also closes quiet incidents (replay without wall-clock gaps)
-    far = tr.observe(anomaly("mailer", T0 + 3600 * S))
+    # a record stamped far in the future (beyond the wall clock) does not close open incidents
+    tr.observe(anomaly("mailer", T0 + 10 * 3600 * S))
+    assert store.get_incident(later.id).status == "open"  # type: ignore[union-attr]
+    # event time alone closes quiet incidents (replay without wall-clock gaps)
+    clock.t = T0 + 3600 * S
+    far = tr.observe(anomaly("smtp", T0 + 3600 * S))
     assert far is not None
     assert store.get_incident(later.id).status == "resolved"  # type: ignore[union-attr]
     assert tr.registry.get_sample_value("incidents_resolved_total", {"reason": "quiet"}) == 2

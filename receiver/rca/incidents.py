@@ -316,6 +316,12 @@ class IncidentTracker:
         self.m_open.set(len(self._open))
         self._persist(inc)
 
+    def _advance_watermark(self, t: int) -> None:
+        """Event-time progress, clamped to the wall clock + one correlation window so that one record
+        with a clock far in the future cannot close every open incident."""
+        limit = self.clock() + int(self.config.correlation_window_s * _NS)
+        self._watermark_ns = max(self._watermark_ns, min(t, limit))
+
     def _close_stale_on_event_time(self) -> None:
         quiet = int(self.config.quiet_period_s * _NS)
         for inc in [i for i in self._open.values() if i.updated_ns + quiet < self._watermark_ns]:
@@ -363,7 +369,7 @@ class IncidentTracker:
             known = self._find_by_finding(f.id)
             if known is not None:
                 return self._copy(known)
-            self._watermark_ns = max(self._watermark_ns, t)
+            self._advance_watermark(t)
             self._close_stale_on_event_time()
             matches = [inc for inc in self._open.values()
                        if inc.opened_ns - W <= t <= inc.updated_ns + W
@@ -445,7 +451,7 @@ class IncidentTracker:
             known = self._find_by_finding(f.id)
             if known is not None:
                 return self._copy(known)
-            self._watermark_ns = max(self._watermark_ns, t)
+            self._advance_watermark(t)
             inc: Incident | None = None
             wanted = attrs.get(R_INCIDENT_ID)
             if isinstance(wanted, str) and wanted:
