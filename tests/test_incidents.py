@@ -385,3 +385,24 @@ def test_config_validation() -> None:
                        {"service_weight": 0, "template_weight": 0}):
         with pytest.raises(ConfigError, match="memory"):
             MemoryConfig(**bad_memory).validate()
+
+
+def test_graph_connected_refreshes_from_the_live_graph() -> None:
+    g = nx.DiGraph()
+    g.add_edge("a", "b")
+    calls = []
+    now = [0.0]
+
+    def snapshot() -> nx.DiGraph:
+        calls.append(1)
+        return g.copy()
+
+    connected = graph_connected(snapshot, max_hops=2, refresh_s=5.0, clock=lambda: now[0])
+    assert connected("a", "b") and not connected("a", "c")
+    g.add_edge("b", "c")
+    now[0] = 4.9
+    assert not connected("a", "c")  # cached snapshot
+    now[0] = 5.0
+    assert connected("a", "c") and connected("c", "a")
+    assert len(calls) == 2  # one digraph() copy per refresh, not per question
+    assert connected.neighbours("a") == {"a", "b", "c"}  # type: ignore[attr-defined]

@@ -131,9 +131,8 @@ def graph_connected(digraph: Callable[[], nx.DiGraph], max_hops: int = 2, refres
     state: dict[str, Any] = {"at": None, "g": nx.Graph(), "near": {}}
     lock = threading.Lock()
 
-    def connected(a: str, b: str) -> bool:
-        if a == b:
-            return True
+    def neighbours(a: str) -> frozenset[str]:
+        """Every service within `max_hops` of `a` (including `a`); empty if `a` is not in the graph."""
         with lock:
             now = clock()
             if state["at"] is None or now - state["at"] >= refresh_s:
@@ -141,15 +140,19 @@ def graph_connected(digraph: Callable[[], nx.DiGraph], max_hops: int = 2, refres
                 state["near"] = {}
                 state["at"] = now
             g: nx.Graph = state["g"]
-            near: dict[str, set[str]] = state["near"]
-            if a not in g or b not in g:
-                return False
+            near: dict[str, frozenset[str]] = state["near"]
+            if a not in g:
+                return frozenset()
             if a not in near:
                 if len(near) >= 4096:  # bounded cache; cleared wholesale (rebuilt on refresh anyway)
                     near.clear()
-                near[a] = set(nx.single_source_shortest_path_length(g, a, cutoff=max_hops))
-            return b in near[a]
+                near[a] = frozenset(nx.single_source_shortest_path_length(g, a, cutoff=max_hops))
+            return near[a]
 
+    def connected(a: str, b: str) -> bool:
+        return a == b or b in neighbours(a)
+
+    connected.neighbours = neighbours  # type: ignore[attr-defined]  # lets the tracker test a set at once
     return connected
 
 
@@ -255,6 +258,19 @@ class IncidentTracker:
             self.m_errors.labels("connected").inc()
             log.exception("incidents: connected(%r, %r) failed", a, b)
             return False
+
+    def _neighbours(self, service: str) -> frozenset[str] | None:
+        """The services linked to `service` when `connected` can list them (see `graph_connected`),
+        else None (the tracker then asks `connected(a, b)` pair by pair)."""
+        fn = getattr(self.connected, "neighbours", None)
+        if fn is None:
+            return None
+        try:
+            return frozenset(fn(service)) | {service}
+        except Exception:  # noqa: BLE001 - a broken graph callback must not stop incident tracking
+            self.m_errors.labels("connected").inc()
+            log.exception("incidents: neighbours(%r) failed", service)
+            return frozenset({service})
 
     def _templates_of(self, f: Finding) -> list[str]:
         attrs = f.attributes
@@ -371,9 +387,12 @@ class IncidentTracker:
                 return self._copy(known)
             self._advance_watermark(t)
             self._close_stale_on_event_time()
+            near = self._neighbours(service)
             matches = [inc for inc in self._open.values()
                        if inc.opened_ns - W <= t <= inc.updated_ns + W
-                       and any(self._linked(service, s) for s in inc.services)]
+                       and (service in inc.services
+                            or (not near.isdisjoint(inc.services) if near is not None
+                                else any(self._linked(service, s) for s in inc.services)))]
             if not matches:
                 inc = Incident(opened_ns=t, updated_ns=t)
                 self._open[inc.id] = inc
