@@ -1,0 +1,533 @@
+"""Per-service and per-edge signals for root-cause ranking, computed from traces (and logs).
+
+`SpanSignals` is a TracesConsumer (and optionally a LogsConsumer). It buffers spans per trace
+(bounded, event-time idle timeout), and when a trace is complete it adds to event-time buckets:
+
+per node (service, or virtual node for uninstrumented peers such as a database):
+  calls / errors / latency of calls INTO it (its SERVER/CONSUMER spans; for a virtual node the
+  client spans that target it), its exclusive (self) time (span duration minus the time spent in
+  its own outgoing calls), `deep`: how many failing traces end at it (its span is the deepest span
+  with an ERROR status), and ERROR/WARN log counts;
+per edge (caller -> callee):
+  calls, errors, client latency, server latency, the client-minus-server gap (network and queueing
+  between them), and `blamed`: failing spans of the caller that are the deepest failure and whose
+  error message names the callee (a wrong answer from the callee, seen only by the caller).
+
+Everything is capped (traces, spans per trace, nodes, edges, buckets per series, samples) and
+evictions are counted in Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import networkx as nx
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from receiver.component import StageConfig, positive, require
+
+K_INTERNAL = Span.SPAN_KIND_INTERNAL
+K_SERVER = Span.SPAN_KIND_SERVER
+K_CLIENT = Span.SPAN_KIND_CLIENT
+K_PRODUCER = Span.SPAN_KIND_PRODUCER
+K_CONSUMER = Span.SPAN_KIND_CONSUMER
+ERR = Status.STATUS_CODE_ERROR
+
+PEER_ATTRIBUTES = (
+    "peer.service", "server.address", "net.peer.name", "rpc.service", "messaging.destination.name",
+    "db.namespace", "db.name", "db.system.name", "db.system",
+)
+
+# node bucket slots
+N_CALLS, N_ERRORS, N_LAT, N_SELF, N_SELF_N, N_DEEP, N_LOG_ERR, N_LOG_WARN = range(8)
+N_SLOTS = 8
+# edge bucket slots
+E_CALLS, E_ERRORS, E_CLIENT_LAT, E_SERVER_LAT, E_GAP, E_GAP_N, E_BLAMED = range(7)
+E_SLOTS = 7
+
+
+@dataclass
+class SignalsConfig(StageConfig):
+    bucket_s: float = 10.0  # event-time bucket width
+    max_buckets: int = 720  # per series; the oldest bucket is evicted
+    max_nodes: int = 1000
+    max_edges: int = 5000
+    trace_idle_s: float = 5.0  # a trace is complete when none of its spans ended in the last idle seconds
+    max_traces: int = 20000  # in-flight traces; the oldest is analysed early when full
+    max_spans_per_trace: int = 2000
+    max_samples: int = 20  # per service: recent failing spans / error log lines kept as evidence
+    # the callee's name when no server span answers (databases, caches, uninstrumented peers);
+    # the same precedence as the service graph's (Tempo's, widened)
+    peer_attributes: list[str] = field(default_factory=lambda: list(PEER_ATTRIBUTES))
+
+    def validate(self) -> None:
+        super().validate()
+        positive(self.bucket_s, "signals.bucket_s")
+        for key in ("max_buckets", "max_nodes", "max_edges", "max_traces", "max_spans_per_trace",
+                    "max_samples"):
+            v = getattr(self, key)
+            require(isinstance(v, int) and v > 0, f"signals.{key}", f"must be an int > 0, got {v!r}")
+        require(self.trace_idle_s >= 0, "signals.trace_idle_s", "must be >= 0")
+        require(bool(self.peer_attributes), "signals.peer_attributes", "must not be empty")
+
+
+@dataclass(slots=True)
+class _Sp:
+    service: str
+    span_id: bytes
+    parent_id: bytes
+    kind: int
+    start: int
+    end: int
+    error: bool
+    message: str
+    peer: str  # virtual peer name for CLIENT spans ("" if none)
+    messaging: bool
+
+
+@dataclass(slots=True)
+class _Trace:
+    spans: list[_Sp] = field(default_factory=list)
+    last_end: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A piece of evidence: a failing span or an error log line."""
+
+    service: str
+    time_ns: int
+    trace_id: str
+    span_id: str
+    text: str
+
+
+class _Series:
+    """Event-time buckets (start_ns -> slots), capped at max_buckets (the oldest is evicted)."""
+
+    __slots__ = ("buckets", "nslots")
+
+    def __init__(self, nslots: int) -> None:
+        self.buckets: dict[int, list[float]] = {}
+        self.nslots = nslots
+
+    def slot(self, b: int, cap: int, evicted: Counter) -> list[float]:
+        row = self.buckets.get(b)
+        if row is None:
+            row = [0.0] * self.nslots
+            self.buckets[b] = row
+            if len(self.buckets) > cap:
+                oldest = min(self.buckets)
+                del self.buckets[oldest]
+                evicted.labels("bucket").inc()
+        return row
+
+
+def _attr_str(attrs: Iterable, keys: list[str]) -> str:
+    found: dict[str, str] = {}
+    for kv in attrs:
+        if kv.key in keys:
+            v = kv.value
+            s = v.string_value if v.HasField("string_value") else ""
+            if s:
+                found[kv.key] = s
+    for k in keys:
+        if k in found:
+            return found[k]
+    return ""
+
+
+def _union_len(intervals: list[tuple[int, int]], lo: int, hi: int) -> int:
+    total = 0
+    cur_s = cur_e = None
+    for s, e in sorted(intervals):
+        s, e = max(s, lo), min(e, hi)
+        if e <= s:
+            continue
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s  # type: ignore[operator]
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s  # type: ignore[operator]
+    return total
+
+
+class SpanSignals:
+    """Collects the ranking signals. Thread-safe; all reads return copies."""
+
+    def __init__(self, config: SignalsConfig | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        cfg = config if config is not None else SignalsConfig()
+        if not isinstance(cfg, SignalsConfig) and hasattr(cfg, "signals"):
+            cfg = cfg.signals  # an RcaConfig
+        cfg.validate()
+        self.config: SignalsConfig = cfg
+        self._bucket_ns = int(cfg.bucket_s * 1e9)
+        self._idle_ns = int(cfg.trace_idle_s * 1e9)
+        self._lock = threading.RLock()
+        self._traces: OrderedDict[bytes, _Trace] = OrderedDict()
+        self._nodes: OrderedDict[str, _Series] = OrderedDict()
+        self._edges: OrderedDict[tuple[str, str], _Series] = OrderedDict()
+        self._edge_type: dict[tuple[str, str], str] = {}
+        self._virtual: set[str] = set()
+        self._span_samples: dict[str, deque[Sample]] = {}
+        self._log_samples: dict[str, deque[Sample]] = {}
+        self._watermark = 0
+        self._versions: dict[str, str] = {}
+        self._deploys: dict[str, deque[tuple[int, str, str]]] = {}
+        self._min_time = 0
+        reg = registry if registry is not None else CollectorRegistry()
+        self.m_spans = Counter("rca_signals_spans", "Spans consumed by the RCA signals", registry=reg)
+        self.m_traces = Counter("rca_signals_traces", "Traces analysed by the RCA signals", registry=reg)
+        self.m_evicted = Counter("rca_signals_evicted", "Items evicted by caps", ["what"], registry=reg)
+        self.m_inflight = Gauge("rca_signals_inflight_traces", "Traces buffered", registry=reg)
+        self.m_bad = Counter("rca_signals_bad_spans", "Spans skipped (missing ids/times)", registry=reg)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        self.flush()
+
+    # --- consumers -----------------------------------------------------------------------
+    def consume_traces(self, request: ExportTraceServiceRequest) -> None:
+        cfg = self.config
+        with self._lock:
+            for rs in request.resource_spans:
+                service = _attr_str(rs.resource.attributes, ["service.name"]) or "unknown_service"
+                version = _attr_str(rs.resource.attributes, ["service.version"])
+                first = True
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        if first and version:
+                            first = False
+                            self._note_version(service, version, s.start_time_unix_nano)
+                        if len(s.trace_id) != 16 or len(s.span_id) != 8 or s.end_time_unix_nano == 0:
+                            self.m_bad.inc()
+                            continue
+                        self.m_spans.inc()
+                        msg = s.status.message
+                        if s.status.code == ERR:
+                            for ev in s.events:
+                                if ev.name == "exception":
+                                    m = _attr_str(ev.attributes, ["exception.message"])
+                                    if m:
+                                        msg = f"{msg}; {m}" if msg else m
+                        peer = ""
+                        if s.kind in (K_CLIENT, K_PRODUCER):
+                            peer = _attr_str(s.attributes, cfg.peer_attributes)
+                        sp = _Sp(
+                            service=service,
+                            span_id=bytes(s.span_id),
+                            parent_id=bytes(s.parent_span_id),
+                            kind=s.kind,
+                            start=s.start_time_unix_nano,
+                            end=max(s.end_time_unix_nano, s.start_time_unix_nano),
+                            error=s.status.code == ERR,
+                            message=msg[:300],
+                            peer=peer,
+                            messaging=bool(_attr_str(s.attributes, ["messaging.system"])),
+                        )
+                        tid = bytes(s.trace_id)
+                        tr = self._traces.get(tid)
+                        if tr is None:
+                            tr = _Trace()
+                            self._traces[tid] = tr
+                            if len(self._traces) > cfg.max_traces:
+                                old_id, old = self._traces.popitem(last=False)
+                                self.m_evicted.labels("trace").inc()
+                                self._analyse(old_id, old)
+                        if len(tr.spans) >= cfg.max_spans_per_trace:
+                            self.m_evicted.labels("span").inc()
+                            continue
+                        tr.spans.append(sp)
+                        tr.last_end = max(tr.last_end, sp.end)
+                        if sp.end > self._watermark:
+                            self._watermark = sp.end
+            self._expire(self._watermark - self._idle_ns)
+            self.m_inflight.set(len(self._traces))
+
+    def consume_logs(self, request: ExportLogsServiceRequest) -> None:
+        """Error/warn log counts per service bucket, and recent error lines as evidence."""
+        with self._lock:
+            for rl in request.resource_logs:
+                service = _attr_str(rl.resource.attributes, ["service.name"]) or "unknown_service"
+                for sl in rl.scope_logs:
+                    for lr in sl.log_records:
+                        sev = lr.severity_number
+                        if sev < 13:
+                            continue
+                        t = lr.time_unix_nano or lr.observed_time_unix_nano
+                        if not t:
+                            continue
+                        series = self._node(service)
+                        if series is None:
+                            continue
+                        row = series.slot(t // self._bucket_ns * self._bucket_ns, self.config.max_buckets,
+                                          self.m_evicted)
+                        if sev >= 17:
+                            row[N_LOG_ERR] += 1
+                            body = lr.body.string_value if lr.body.HasField("string_value") else str(lr.body)
+                            self._add_sample(self._log_samples, Sample(
+                                service, t, lr.trace_id.hex(), lr.span_id.hex(), body[:300]))
+                        else:
+                            row[N_LOG_WARN] += 1
+
+    def flush(self) -> None:
+        """Analyse every buffered trace now."""
+        with self._lock:
+            self._expire(None)
+            self.m_inflight.set(0)
+
+    def expire(self, now_ns: int | None = None) -> None:
+        """Analyse traces idle since before `now_ns - trace_idle_s` (event time); None = all."""
+        with self._lock:
+            self._expire(None if now_ns is None else now_ns - self._idle_ns)
+            self.m_inflight.set(len(self._traces))
+
+    # --- internals -----------------------------------------------------------------------
+    def _expire(self, before_ns: int | None) -> None:
+        done = [tid for tid, tr in self._traces.items() if before_ns is None or tr.last_end < before_ns]
+        for tid in done:
+            self._analyse(tid, self._traces.pop(tid))
+
+    def _note_version(self, service: str, version: str, t_ns: int) -> None:
+        prev = self._versions.get(service)
+        if prev is None:
+            if len(self._versions) >= self.config.max_nodes:
+                self._versions.pop(next(iter(self._versions)))
+                self.m_evicted.labels("version").inc()
+            self._versions[service] = version
+        elif prev != version:
+            self._versions[service] = version
+            dq = self._deploys.setdefault(service, deque(maxlen=self.config.max_samples))
+            dq.append((t_ns, prev, version))
+
+    def deploys(self, service: str, since_ns: int = 0,
+                until_ns: int | None = None) -> list[tuple[int, str, str]]:
+        """Version changes of `service` seen in span resources: (first time seen, old, new)."""
+        with self._lock:
+            return [d for d in self._deploys.get(service, ()) if d[0] >= since_ns
+                    and (until_ns is None or d[0] <= until_ns)]
+
+    def _node(self, name: str) -> _Series | None:
+        s = self._nodes.get(name)
+        if s is None:
+            if len(self._nodes) >= self.config.max_nodes:
+                self.m_evicted.labels("node").inc()
+                old, _ = self._nodes.popitem(last=False)
+                self._virtual.discard(old)
+                self._span_samples.pop(old, None)
+                self._log_samples.pop(old, None)
+            s = _Series(N_SLOTS)
+            self._nodes[name] = s
+        else:
+            self._nodes.move_to_end(name)
+        return s
+
+    def _edge(self, a: str, b: str, ctype: str) -> _Series:
+        key = (a, b)
+        s = self._edges.get(key)
+        if s is None:
+            if len(self._edges) >= self.config.max_edges:
+                self.m_evicted.labels("edge").inc()
+                old, _ = self._edges.popitem(last=False)
+                self._edge_type.pop(old, None)
+            s = _Series(E_SLOTS)
+            self._edges[key] = s
+            self._edge_type[key] = ctype
+        else:
+            self._edges.move_to_end(key)
+        return s
+
+    def _add_sample(self, store: dict[str, deque[Sample]], sample: Sample) -> None:
+        dq = store.get(sample.service)
+        if dq is None:
+            dq = store[sample.service] = deque(maxlen=self.config.max_samples)
+        dq.append(sample)
+
+    def _b(self, t: int) -> int:
+        return t // self._bucket_ns * self._bucket_ns
+
+    def _analyse(self, trace_id: bytes, tr: _Trace) -> None:
+        self.m_traces.inc()
+        cap, ev = self.config.max_buckets, self.m_evicted
+        by_id = {s.span_id: s for s in tr.spans}
+        children: dict[bytes, list[_Sp]] = {}
+        for s in tr.spans:
+            if s.parent_id and s.parent_id in by_id:
+                children.setdefault(s.parent_id, []).append(s)
+        if self._min_time == 0 or (tr.spans and tr.spans[0].start < self._min_time):
+            self._min_time = min(s.start for s in tr.spans) if tr.spans else self._min_time
+
+        # error subtree: does any descendant fail?
+        has_err_desc: dict[bytes, bool] = {}
+
+        def err_below(sp: _Sp, depth: int = 0) -> bool:
+            if sp.span_id in has_err_desc:
+                return has_err_desc[sp.span_id]
+            res = False
+            if depth < 200:
+                for c in children.get(sp.span_id, ()):
+                    if c.error or err_below(c, depth + 1):
+                        res = True
+            has_err_desc[sp.span_id] = res
+            return res
+
+        for sp in tr.spans:
+            dur = sp.end - sp.start
+            kids = children.get(sp.span_id, [])
+            entry = sp.kind in (K_SERVER, K_CONSUMER) or (
+                not sp.parent_id or sp.parent_id not in by_id
+            ) and sp.kind not in (K_CLIENT, K_PRODUCER)
+            if entry:
+                node = self._node(sp.service)
+                if node is None:
+                    continue
+                row = node.slot(self._b(sp.start), cap, ev)
+                row[N_CALLS] += 1
+                row[N_ERRORS] += sp.error
+                row[N_LAT] += dur
+                # exclusive time: minus the time spent in this service's outgoing calls
+                calls: list[tuple[int, int]] = []
+                stack = list(kids)
+                while stack:
+                    c = stack.pop()
+                    if c.service != sp.service:
+                        continue
+                    if c.kind in (K_CLIENT, K_PRODUCER):
+                        calls.append((c.start, c.end))
+                    elif c.kind == K_INTERNAL:
+                        stack.extend(children.get(c.span_id, ()))
+                row[N_SELF] += max(0, dur - _union_len(calls, sp.start, sp.end))
+                row[N_SELF_N] += 1
+            elif sp.kind in (K_CLIENT, K_PRODUCER):
+                remote = [c for c in kids if c.service != sp.service and c.kind in (K_SERVER, K_CONSUMER)]
+                if remote:
+                    srv = remote[0]
+                    ctype = "messaging_system" if sp.kind == K_PRODUCER or srv.kind == K_CONSUMER else ""
+                    erow = self._edge(sp.service, srv.service, ctype).slot(self._b(sp.start), cap, ev)
+                    erow[E_CALLS] += 1
+                    erow[E_ERRORS] += sp.error or srv.error
+                    erow[E_CLIENT_LAT] += dur
+                    erow[E_SERVER_LAT] += srv.end - srv.start
+                    if ctype == "":
+                        erow[E_GAP] += max(0, dur - (srv.end - srv.start))
+                        erow[E_GAP_N] += 1
+                elif sp.peer and sp.kind == K_CLIENT and sp.peer != sp.service:
+                    self._virtual.add(sp.peer)
+                    ctype = "database" if not sp.messaging else "messaging_system"
+                    erow = self._edge(sp.service, sp.peer, ctype).slot(self._b(sp.start), cap, ev)
+                    erow[E_CALLS] += 1
+                    erow[E_ERRORS] += sp.error
+                    erow[E_CLIENT_LAT] += dur
+                    node = self._node(sp.peer)
+                    if node is not None:
+                        row = node.slot(self._b(sp.start), cap, ev)
+                        row[N_CALLS] += 1
+                        row[N_ERRORS] += sp.error
+                        row[N_LAT] += dur
+                        row[N_SELF] += dur
+                        row[N_SELF_N] += 1
+
+            # deepest failing span: attribute the failure
+            if sp.error and not err_below(sp):
+                blame = sp.service
+                if sp.kind == K_CLIENT:
+                    remote = [c for c in kids if c.service != sp.service]
+                    if remote:
+                        blame = remote[0].service
+                    elif sp.peer:
+                        blame = sp.peer
+                node = self._node(blame)
+                if node is not None:
+                    node.slot(self._b(sp.start), cap, ev)[N_DEEP] += 1
+                self._add_sample(self._span_samples, Sample(
+                    blame, sp.end, trace_id.hex(), sp.span_id.hex(),
+                    f"{sp.service} span failed: {sp.message or 'status ERROR'}"))
+                if blame == sp.service and sp.message:
+                    # does the caller's own error name one of the services it called?
+                    low = sp.message.lower()
+                    called = self._called_services(sp, children)
+                    for callee in called:
+                        if callee.lower() in low:
+                            self._edge(sp.service, callee, "").slot(self._b(sp.start), cap, ev)[E_BLAMED] += 1
+                            break
+
+    def _called_services(self, sp: _Sp, children: dict[bytes, list[_Sp]]) -> list[str]:
+        out: list[str] = []
+        stack = list(children.get(sp.span_id, ()))
+        while stack and len(out) < 50:
+            c = stack.pop()
+            if c.service != sp.service:
+                continue
+            if c.kind in (K_CLIENT, K_PRODUCER):
+                remote = [k.service for k in children.get(c.span_id, ()) if k.service != c.service]
+                name = remote[0] if remote else c.peer
+                if name and name not in out:
+                    out.append(name)
+            else:
+                stack.extend(children.get(c.span_id, ()))
+        return out
+
+    # --- reads ---------------------------------------------------------------------------
+    def watermark_ns(self) -> int:
+        with self._lock:
+            return self._watermark
+
+    def bucket_ns(self) -> int:
+        return self._bucket_ns
+
+    def nodes(self) -> list[str]:
+        with self._lock:
+            return list(self._nodes)
+
+    def virtual_nodes(self) -> set[str]:
+        with self._lock:
+            return set(self._virtual)
+
+    def edges(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._edges)
+
+    def node_buckets(self, node: str) -> dict[int, list[float]]:
+        with self._lock:
+            s = self._nodes.get(node)
+            return {b: list(r) for b, r in s.buckets.items()} if s else {}
+
+    def edge_buckets(self, caller: str, callee: str) -> dict[int, list[float]]:
+        with self._lock:
+            s = self._edges.get((caller, callee))
+            return {b: list(r) for b, r in s.buckets.items()} if s else {}
+
+    def samples(self, service: str, since_ns: int = 0, until_ns: int | None = None) -> list[Sample]:
+        """Recent failing spans attributed to `service`, then its error log lines."""
+        with self._lock:
+            out = [s for s in self._span_samples.get(service, ()) if s.time_ns >= since_ns
+                   and (until_ns is None or s.time_ns <= until_ns)]
+            out += [s for s in self._log_samples.get(service, ()) if s.time_ns >= since_ns
+                    and (until_ns is None or s.time_ns <= until_ns)]
+            return out
+
+    def digraph(self) -> nx.DiGraph:
+        """The call graph seen by the signals (caller -> callee), edge attr `calls`, `connection_type`."""
+        with self._lock:
+            g = nx.DiGraph()
+            for n in self._nodes:
+                g.add_node(n, virtual=n in self._virtual)
+            for (a, b), s in self._edges.items():
+                calls = sum(r[E_CALLS] for r in s.buckets.values())
+                if calls <= 0:
+                    continue
+                g.add_edge(a, b, calls=calls, connection_type=self._edge_type.get((a, b), ""))
+            return g
