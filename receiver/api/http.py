@@ -162,20 +162,24 @@ class ApiServer:
             result = await self.sources.flush()
         return web.json_response(result)
 
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a source callable off the event loop; its ValueError is the caller's fault (400)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from e
+
     async def incidents(self, request: web.Request) -> web.Response:
         if self.sources.list_incidents is None:
             return _error(404, "incidents are not enabled")
         limit = _int_param(request, "limit", 100) or 100
         status = request.query.get("status") or None
-        rows = await asyncio.get_running_loop().run_in_executor(
-            None, self.sources.list_incidents, status, limit)
-        return web.json_response(rows)
+        return web.json_response(await self._call(self.sources.list_incidents, status, limit))
 
     async def incident(self, request: web.Request) -> web.Response:
         if self.sources.get_incident is None:
             return _error(404, "incidents are not enabled")
-        row = await asyncio.get_running_loop().run_in_executor(
-            None, self.sources.get_incident, request.match_info["id"])
+        row = await self._call(self.sources.get_incident, request.match_info["id"])
         if row is None:
             return _error(404, f"no incident {request.match_info['id']!r}")
         return web.json_response(row)
@@ -190,8 +194,7 @@ class ApiServer:
         if not isinstance(body, dict) or not isinstance(body.get("note"), str) or not body["note"].strip():
             return _error(400, "field 'note' (non-empty string) is required")
         author = body.get("author") if isinstance(body.get("author"), str) else ""
-        row = await asyncio.get_running_loop().run_in_executor(
-            None, self.sources.add_resolution, request.match_info["id"], body["note"], author)
+        row = await self._call(self.sources.add_resolution, request.match_info["id"], body["note"], author)
         if row is None:
             return _error(404, f"no incident {request.match_info['id']!r}")
         return web.json_response(row)
