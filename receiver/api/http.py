@@ -167,7 +167,8 @@ class ApiServer:
         try:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
         except ValueError as e:
-            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}), content_type="application/json") from e
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}),
+                                     content_type="application/json") from e
 
     async def incidents(self, request: web.Request) -> web.Response:
         if self.sources.list_incidents is None:
