@@ -557,11 +557,17 @@ class WindowManager:
         if not start:
             return
         limit = min(st.tumbling) if st.tumbling else watermark
-        while start + self._size_ns <= watermark and start < limit:
-            if st.gap_empties < self.config.max_empty_windows:
-                closed.append(self._empty(service, start))
-                st.gap_empties += 1
-            start += self._size_ns
+        size = self._size_ns
+        while start + size <= watermark and start < limit:
+            if st.gap_empties >= self.config.max_empty_windows:
+                # cap reached: skip the remaining empty slots in one step (a huge gap costs O(1))
+                last = min((watermark - size) - (watermark - size) % size, limit - size)
+                if last >= start:
+                    start = last + size
+                break
+            closed.append(self._empty(service, start))
+            st.gap_empties += 1
+            start += size
         st.last_closed_end = start
 
     def _empty(self, service: str, start: int) -> Window:
