@@ -1,0 +1,594 @@
+"""The service dependency graph built from OTLP spans.
+
+Pairing follows the Collector's servicegraph connector and Tempo's service-graphs processor:
+
+* resources without `service.name` are skipped (counted);
+* CLIENT / PRODUCER spans wait in the pairing store under (trace id, span id),
+  SERVER / CONSUMER spans under (trace id, parent span id); when both halves are there the call is
+  recorded on the edge (client service -> server service) and the entry leaves the store;
+* PRODUCER or CONSUMER on either side makes the edge `messaging_system`; a CONSUMER span with span
+  links pairs through each link's (trace id, span id) instead of its parent (messaging semconv says
+  links are the default correlation; contrib PR 48782 does the same);
+* a CLIENT span with a database attribute (`database_name_attributes`) completes a `database` edge at
+  once, the callee named by the first `peer_attributes` value, with server latency = client latency;
+* a root SERVER / CONSUMER span (no parent, no links) can never pair, so it completes a
+  `virtual_node` edge from `user` at once (the connector waits for the TTL to do the same);
+* an entry not paired within `store_ttl_s` (wall clock) expires: a lone client half becomes a
+  `virtual_node` edge to the first `peer_attributes` value (else `unknown`), its server latency set
+  to the client latency like the database shortcut; a lone non-root server half is only counted;
+* the store holds at most `store_max_items`; a span that needs a new entry while it is full is
+  dropped and counted (`servicegraph_dropped_spans_total{reason="store_full"}`).
+
+Duplicates (OTLP retries resend whole batches) are suppressed with a done-set of the pairing keys
+bounded by `dedupe_ttl_s` and `dedupe_max_items` (oldest evicted first, counted). A span's kind is
+not part of the key: a span has exactly one kind.
+
+All state is guarded by one lock taken once per request, so `consume_traces` (worker thread),
+`snapshot()` / `digraph()` (API thread) and the expiry loop can run concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from itertools import islice
+from typing import Any
+
+import networkx as nx
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client import CollectorRegistry
+
+from receiver.graph.config import GraphConfig
+from receiver.graph.metrics import GraphMetricsCollector
+from receiver.graph.stats import (
+    CT_DATABASE,
+    CT_MESSAGING,
+    CT_NONE,
+    CT_VIRTUAL,
+    KIND_RANK,
+    Bucket,
+    EdgeStats,
+)
+
+log = logging.getLogger(__name__)
+
+# OTLP SpanKind values
+_SERVER, _CLIENT, _PRODUCER, _CONSUMER = 2, 3, 4, 5
+_STATUS_ERROR = 2
+_DUPLICATE, _FULL = -1, -2  # results of the helpers for the rarer span shapes
+
+# pending entry layout (a list, mutated in place when the second half arrives)
+_C_SVC, _S_SVC, _C_LAT, _S_LAT, _FAILED, _CTYPE, _EXP, _PEERS, _C_END, _S_END, _PRODUCER_F = range(11)
+
+
+class ServiceGraph:
+    """In-memory service dependency graph (networkx) with per-edge statistics and Prometheus export.
+
+    A TracesConsumer: `consume_traces(ExportTraceServiceRequest)`.
+    """
+
+    def __init__(self, config: GraphConfig | None = None, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config if config is not None else GraphConfig()
+        self.config.validate()
+        c = self.config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._bounds = [float(x) for x in c.latency_buckets_s]
+        self._bucket_ns = max(1, int(c.bucket_s * 1e9))
+        self._db_attrs = tuple(c.database_name_attributes)
+        self._peer_attrs = tuple(c.peer_attributes)
+        self._db_set = frozenset(self._db_attrs)
+        self._interesting = self._db_set | frozenset(self._peer_attrs)
+        self._series_cfg = (self._bounds, self._bucket_ns, c.max_buckets)
+        # state
+        self._pending: dict[bytes, list] = {}
+        self._done: dict[bytes, float] = {}  # keys of recorded/expired calls -> forget time
+        self._edges: dict[tuple[str, str, str], EdgeStats] = {}
+        self._g = nx.DiGraph()  # nodes: kind, virtual; edges: "stats" {connection_type: EdgeStats}
+        # self-telemetry (plain ints, exported at scrape time)
+        self.completed_calls = 0  # calls recorded on an edge
+        self.paired_calls = 0  # ... of which had both halves (of removed edges; see stats())
+        self.expired_entries = 0  # pairing-store entries that expired unpaired
+        self.expired_unpaired_server = 0  # ... lone non-root server halves (no edge emitted)
+        self.dropped_spans: dict[str, int] = {"store_full": 0, "invalid_id": 0}
+        self.dropped_calls: dict[str, int] = {"edge_cap": 0, "node_cap": 0}
+        self.skipped_spans = 0  # spans of resources without service.name
+        self.duplicate_spans = 0
+        self.dedupe_evicted = 0
+        self.stale_edges = 0
+        self.edges_created = 0
+        self.late_events = 0  # calls older than an edge's oldest time bucket (of removed edges)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._collector = GraphMetricsCollector(self)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(self._collector)
+
+    # ------------------------------------------------------------------ ingest (hot path)
+    def consume_traces(self, request: ExportTraceServiceRequest) -> None:
+        # The hot path: 6-7 protobuf field reads per client/server span, 2-3 dict operations, no
+        # allocation beyond the key bytes and the pending entry. Attributes are read only for
+        # client/producer halves still unpaired at the end of the request (database shortcut, peer
+        # name). Duplicate suppression: a half already waiting in the store is recognised there; a
+        # key whose call was recorded (or expired) is in `_done`.
+        cfg = self.config
+        now = self._clock()
+        exp = now + cfg.store_ttl_s
+        dexp = now + cfg.dedupe_ttl_s
+        max_items = cfg.store_max_items
+        dedupe_max = cfg.dedupe_max_items
+        edges = self._edges
+        new_edge = self._new_edge
+        dup = dropped = invalid = skipped = ncalls = 0
+        deferred: list[tuple[Any, list, bytes]] = []
+        with self._lock:
+            pending = self._pending
+            done = self._done
+            for rs in request.resource_spans:
+                svc = ""
+                for kv in rs.resource.attributes:
+                    if kv.key == "service.name":
+                        svc = kv.value.string_value
+                        break
+                if not svc:
+                    for ss in rs.scope_spans:
+                        skipped += len(ss.spans)
+                    continue
+                for ss in rs.scope_spans:
+                    if len(done) > dedupe_max:  # bounded by the cap + one scope's spans
+                        self._evict_done()
+                    for span in ss.spans:
+                        kind = span.kind
+                        if kind == _CLIENT or kind == _PRODUCER:
+                            key = span.trace_id + span.span_id
+                            if len(key) != 24:
+                                invalid += 1
+                                continue
+                            if key in done:
+                                dup += 1
+                                continue
+                            e = pending.get(key)
+                            if e is None:
+                                if len(pending) >= max_items:
+                                    dropped += 1
+                                    continue
+                                end = span.end_time_unix_nano
+                                lat = (end - span.start_time_unix_nano) / 1e9
+                                e = pending[key] = [svc, None, lat if lat > 0.0 else 0.0,
+                                                    0.0, span.status.code == _STATUS_ERROR,
+                                                    CT_MESSAGING if kind == _PRODUCER else CT_NONE,
+                                                    exp, None, end, 0, kind == _PRODUCER]
+                                deferred.append((span, e, key))
+                            elif e[_C_SVC] is None:  # the server half waits: complete the call
+                                del pending[key]
+                                done[key] = dexp
+                                end = span.end_time_unix_nano
+                                lat = (end - span.start_time_unix_nano) / 1e9
+                                ct = CT_MESSAGING if kind == _PRODUCER else e[_CTYPE]
+                                ek = (svc, e[_S_SVC], ct)
+                                st = edges.get(ek)
+                                if st is None:
+                                    st = new_edge(ek, "service", "service")
+                                if st is not None:
+                                    st.add(lat if lat > 0.0 else 0.0, e[_S_LAT],
+                                           e[_FAILED] or span.status.code == _STATUS_ERROR, True, end, now)
+                                    ncalls += 1
+                            else:  # this client half is already waiting
+                                dup += 1
+                        elif kind == _SERVER or kind == _CONSUMER:
+                            if kind == _CONSUMER and len(span.links):
+                                r = self._linked_consumer(span, svc, exp, dexp, now)
+                                if r >= 0:
+                                    ncalls += r
+                                elif r == _FULL:
+                                    dropped += 1
+                                else:
+                                    dup += 1
+                                continue
+                            parent = span.parent_span_id
+                            if not parent:
+                                r = self._root_server(span, svc, dexp, now)
+                                if r == _DUPLICATE:
+                                    dup += 1
+                                else:
+                                    ncalls += r
+                                continue
+                            key = span.trace_id + parent
+                            if len(key) != 24:
+                                invalid += 1
+                                continue
+                            if key in done:
+                                dup += 1
+                                continue
+                            e = pending.get(key)
+                            if e is None:
+                                if len(pending) >= max_items:
+                                    dropped += 1
+                                    continue
+                                end = span.end_time_unix_nano
+                                lat = (end - span.start_time_unix_nano) / 1e9
+                                pending[key] = [None, svc, 0.0, lat if lat > 0.0 else 0.0,
+                                                span.status.code == _STATUS_ERROR,
+                                                CT_MESSAGING if kind == _CONSUMER else CT_NONE,
+                                                exp, None, 0, end, False]
+                            elif e[_S_SVC] is None:  # the client half waits: complete the call
+                                del pending[key]
+                                done[key] = dexp
+                                lat = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
+                                ct = CT_MESSAGING if kind == _CONSUMER else e[_CTYPE]
+                                ek = (e[_C_SVC], svc, ct)
+                                st = edges.get(ek)
+                                if st is None:
+                                    st = new_edge(ek, "service", "service")
+                                if st is not None:
+                                    st.add(e[_C_LAT], lat if lat > 0.0 else 0.0,
+                                           e[_FAILED] or span.status.code == _STATUS_ERROR, True, e[_C_END],
+                                           now)
+                                    ncalls += 1
+                            else:  # a server half for this client span already waits (a duplicate,
+                                dup += 1  # or a second server span for one client span: ignored)
+            # client halves still unpaired: read their attributes now (database shortcut, peer name)
+            if deferred:
+                ncalls += self._resolve_clients(deferred, dexp, now)
+            if len(done) > dedupe_max:
+                self._evict_done()
+            self.completed_calls += ncalls
+            self.duplicate_spans += dup
+            self.dropped_spans["store_full"] += dropped
+            self.dropped_spans["invalid_id"] += invalid
+            self.skipped_spans += skipped
+
+    def _root_server(self, span: Any, svc: str, dexp: float, now: float) -> int:
+        """A root SERVER/CONSUMER span never pairs: its caller is outside, a `user` (lock held).
+        Returns 1 when a call was recorded, 0 when not, _DUPLICATE for a duplicate."""
+        key = span.trace_id + span.span_id
+        if key in self._done:
+            return _DUPLICATE
+        self._done[key] = dexp
+        if not self.config.virtual_nodes:
+            return 0
+        end = span.end_time_unix_nano
+        lat = max(0.0, (end - span.start_time_unix_nano) / 1e9)
+        ok = self._complete("user", svc, lat, lat, span.status.code == _STATUS_ERROR, CT_VIRTUAL, end, False,
+                            "user", "service", now)
+        return 1 if ok else 0
+
+    def _resolve_clients(self, deferred: list[tuple[Any, list, bytes]], dexp: float, now: float) -> int:
+        """Client/producer halves still waiting at the end of their request (lock held).
+
+        A CLIENT span with a database attribute completes a `database` edge now. Otherwise the span
+        is kept serialized in its store entry (iterating attributes through the protobuf API costs
+        ~250 ns per attribute, serializing a whole span less than three attributes' worth); its peer
+        attributes are read only if the entry expires and needs a virtual node name."""
+        pending = self._pending
+        n = 0
+        for span, e, sk in deferred:
+            if e[_S_SVC] is not None or pending.get(sk) is not e:
+                continue  # paired later in the same request
+            raw = span.SerializeToString()
+            if b"db." in raw and not e[_PRODUCER_F]:
+                peers = self._peers(span)
+                if peers is not None and not self._db_set.isdisjoint(peers):
+                    del pending[sk]
+                    self._done[sk] = dexp
+                    lat = e[_C_LAT]
+                    if self._complete(e[_C_SVC], self._peer_name(peers), lat, lat, e[_FAILED], CT_DATABASE,
+                                      e[_C_END], False, "service", "database", now):
+                        n += 1
+                    continue
+            e[_PEERS] = raw
+        return n
+
+    def _peers(self, span: Any) -> dict[str, str] | None:
+        """The configured database/peer attributes present on a span (string values only)."""
+        interesting = self._interesting
+        peers = None
+        for kv in span.attributes:
+            k = kv.key
+            if k in interesting:
+                v = kv.value.string_value
+                if v:
+                    if peers is None:
+                        peers = {k: v}
+                    else:
+                        peers[k] = v
+        return peers
+
+    def _linked_consumer(self, span: Any, svc: str, exp: float, dexp: float, now: float) -> int:
+        """A CONSUMER span with links pairs with each linked PRODUCER span, keyed on the link's
+        (trace id, span id) (lock held). Returns the calls recorded, or _DUPLICATE when every link
+        was seen before, or _FULL when an entry was needed and the store was full."""
+        pending = self._pending
+        done = self._done
+        end = span.end_time_unix_nano
+        lat = max(0.0, (end - span.start_time_unix_nano) / 1e9)
+        failed = span.status.code == _STATUS_ERROR
+        full = False
+        n = seen = 0
+        keys = {ln.trace_id + ln.span_id for ln in span.links}
+        for key in keys:
+            if len(key) != 24:
+                continue
+            if key in done:
+                seen += 1
+                continue
+            e = pending.get(key)
+            if e is None:
+                if len(pending) >= self.config.store_max_items:
+                    full = True
+                    continue
+                pending[key] = [None, svc, 0.0, lat, failed, CT_MESSAGING, exp, None, 0, end, False]
+            elif e[_S_SVC] is None:
+                del pending[key]
+                done[key] = dexp
+                if self._complete(e[_C_SVC], svc, e[_C_LAT], lat, failed or e[_FAILED], CT_MESSAGING,
+                                  e[_C_END], True, "service", "service", now):
+                    n += 1
+            else:
+                seen += 1  # this consumer half already waits
+        if seen and seen == len(keys):
+            return _DUPLICATE
+        return _FULL if full and not n else n
+
+    def _peer_name(self, peers: dict[str, str] | bytes | None) -> str:
+        """The callee's name for a database edge or a virtual node: the first `peer_attributes`
+        value, else "unknown". `peers` may be a serialized Span (see `_resolve_clients`)."""
+        if isinstance(peers, bytes):
+            try:
+                peers = self._peers(Span.FromString(peers))
+            except DecodeError:
+                peers = None
+        if peers:
+            for k in self._peer_attrs:
+                v = peers.get(k)
+                if v:
+                    return v
+        return "unknown"
+
+    def _complete(self, client: str, server: str, client_lat: float, server_lat: float, failed: bool,
+                  ctype: str, event_ns: int, paired: bool, client_kind: str, server_kind: str,
+                  now: float) -> bool:
+        """Record one call on its edge (lock held). False when a cap refused a new edge."""
+        key = (client, server, ctype)
+        st = self._edges.get(key)
+        if st is None:
+            st = self._new_edge(key, client_kind, server_kind)
+            if st is None:
+                return False
+        st.add(client_lat, server_lat, failed, paired, event_ns, now)
+        return True
+
+    def _new_edge(self, key: tuple[str, str, str], client_kind: str, server_kind: str) -> EdgeStats | None:
+        cfg = self.config
+        if len(self._edges) >= cfg.max_edges:
+            self.dropped_calls["edge_cap"] += 1
+            return None
+        g = self._g
+        client, server, ctype = key
+        new_nodes = (client not in g) + (server not in g and server != client)
+        if new_nodes and g.number_of_nodes() + new_nodes > cfg.max_nodes:
+            self.dropped_calls["node_cap"] += 1
+            return None
+        for name, kind in ((client, client_kind), (server, server_kind)):
+            if name in g:
+                attrs = g.nodes[name]
+                if KIND_RANK[kind] < KIND_RANK[attrs["kind"]]:
+                    attrs["kind"] = kind
+                    attrs["virtual"] = kind != "service"
+            else:
+                g.add_node(name, kind=kind, virtual=kind != "service")
+        st = EdgeStats(client, server, ctype, self._series_cfg)
+        self._edges[key] = st
+        if g.has_edge(client, server):
+            g.edges[client, server]["stats"][ctype] = st
+        else:
+            g.add_edge(client, server, stats={ctype: st})
+        self.edges_created += 1
+        return st
+
+    def _evict_done(self) -> None:
+        """The done-set is over its cap: forget the oldest keys, down to 15/16 of the cap so the scan
+        over deleted slots stays amortized (lock held)."""
+        seen = self._done
+        cap = self.config.dedupe_max_items
+        n = min(len(seen), len(seen) - cap + max(1, cap // 16))
+        for k in list(islice(seen, n)):
+            del seen[k]
+        self.dedupe_evicted += n
+
+    # ------------------------------------------------------------------ expiry
+    def expire(self, now_s: float | None = None) -> int:
+        """Expire unpaired store entries past their TTL, old seen-set entries and stale edges.
+        `now_s` is wall-clock unix seconds (default: now). Returns the number of expired store entries."""
+        now = self._clock() if now_s is None else now_s
+        with self._lock:
+            n = self._expire_pending(now, now)
+            done = self._done
+            old = []
+            for k, t in done.items():
+                if t > now:
+                    break
+                old.append(k)
+            for k in old:
+                del done[k]
+            self._expire_stale(now)
+        return n
+
+    def flush(self) -> int:
+        """Expire every pending store entry now (virtual-node edges appear at once)."""
+        with self._lock:
+            return self._expire_pending(math.inf, self._clock())
+
+    def _expire_pending(self, now: float, stamp: float) -> int:
+        """Expire store entries whose TTL ended by `now`; `stamp` is the wall-clock time recorded on
+        the edges they complete (lock held)."""
+        pending = self._pending
+        old = []
+        for k, e in pending.items():
+            if e[_EXP] > now:
+                break
+            old.append(k)
+        forget = stamp + self.config.dedupe_ttl_s
+        for k in old:
+            e = pending.pop(k)
+            self.expired_entries += 1
+            if e[_C_SVC] is None:
+                # lone server half; root spans were completed at once, so this one's client is
+                # simply missing (not sent, sampled out, or another receiver got it)
+                self.expired_unpaired_server += 1
+                continue
+            if not self.config.virtual_nodes:
+                continue
+            server = self._peer_name(e[_PEERS])
+            server_kind = "messaging" if e[_PRODUCER_F] else "virtual"
+            lat = e[_C_LAT]
+            self._done[k] = forget  # a retried copy of this client span must not count again
+            if self._complete(e[_C_SVC], server, lat, lat, e[_FAILED], CT_VIRTUAL, e[_C_END], False,
+                              "service", server_kind, stamp):
+                self.completed_calls += 1
+        return len(old)
+
+    def _expire_stale(self, now: float) -> None:
+        limit = now - self.config.edge_stale_s
+        stale = [k for k, st in self._edges.items() if st.updated < limit]
+        g = self._g
+        for key in stale:
+            st = self._edges.pop(key)
+            self.late_events += st.late_events
+            self.paired_calls += st.paired
+            client, server, ctype = key
+            stats = g.edges[client, server]["stats"]
+            del stats[ctype]
+            if not stats:
+                g.remove_edge(client, server)
+                for n in (client, server):
+                    if n in g and g.degree(n) == 0:
+                        g.remove_node(n)
+            self.stale_edges += 1
+
+    # ------------------------------------------------------------------ read side
+    def snapshot(self) -> dict[str, Any]:
+        """The `GET /api/v1/graph` contract: nodes and one edge per (client, server, connection_type)."""
+        bounds = self._bounds
+        with self._lock:
+            edges = [st.to_dict(bounds) for _, st in sorted(self._edges.items())]
+            nodes = [{"id": n, "virtual": a["virtual"], "kind": a["kind"]}
+                     for n, a in sorted(self._g.nodes.items())]
+        by_id = {n["id"]: n for n in nodes}
+        for n in nodes:
+            n.update(calls_in=0, calls_out=0, errors_in=0, errors_out=0)
+        for e in edges:
+            src, dst = by_id[e["source"]], by_id[e["target"]]
+            src["calls_out"] += e["calls"]
+            src["errors_out"] += e["errors"]
+            dst["calls_in"] += e["calls"]
+            dst["errors_in"] += e["errors"]
+        return {"nodes": nodes, "edges": edges}
+
+    def digraph(self) -> nx.DiGraph:
+        """A copy of the graph. Node attrs: kind, virtual. Edge attrs: the snapshot edge fields with the
+        connection types of one (client, server) pair folded together (`connection_type` = the one
+        with most calls, `connection_types` = all)."""
+        bounds = self._bounds
+        out = nx.DiGraph()
+        with self._lock:
+            for n, a in self._g.nodes.items():
+                out.add_node(n, kind=a["kind"], virtual=a["virtual"])
+            for u, v, a in self._g.edges(data=True):
+                stats: dict[str, EdgeStats] = a["stats"]
+                if len(stats) == 1:
+                    (st,) = stats.values()
+                    d = st.to_dict(bounds)
+                else:
+                    merged = EdgeStats(u, v, "", self._series_cfg)
+                    for st in stats.values():
+                        st.merge_into(merged)
+                    d = merged.to_dict(bounds)
+                    d["connection_type"] = max(stats.values(), key=lambda s: s.calls).connection_type
+                d["connection_types"] = sorted(stats)
+                del d["source"], d["target"]
+                out.add_edge(u, v, **d)
+        return out
+
+    def edge_series(self, client: str, server: str, connection_type: str | None = None) -> list[Bucket]:
+        """Event-time buckets of the edge client -> server (all connection types summed unless one is
+        given), oldest first."""
+        with self._lock:
+            sts = [st for (c, s, ct), st in self._edges.items()
+                   if c == client and s == server and (connection_type is None or ct == connection_type)]
+            parts = [st.buckets(self._bucket_ns) for st in sts]
+        if len(parts) == 1:
+            return parts[0]
+        merged: dict[float, Bucket] = {}
+        for part in parts:
+            for b in part:
+                m = merged.get(b.start_s)
+                if m is None:
+                    merged[b.start_s] = Bucket(b.start_s, b.calls, b.errors, b.client_latency_sum_s,
+                                               b.server_latency_sum_s, b.paired_calls, b.network_gap_sum_s)
+                else:
+                    m.calls += b.calls
+                    m.errors += b.errors
+                    m.client_latency_sum_s += b.client_latency_sum_s
+                    m.server_latency_sum_s += b.server_latency_sum_s
+                    m.paired_calls += b.paired_calls
+                    m.network_gap_sum_s += b.network_gap_sum_s
+        return [merged[k] for k in sorted(merged)]
+
+    def stats(self) -> dict[str, Any]:
+        """Self-telemetry as a dict (also exported on /metrics)."""
+        with self._lock:
+            return {
+                "store_items": len(self._pending),
+                "dedupe_items": len(self._done),
+                "edges": len(self._edges),
+                "nodes": self._g.number_of_nodes(),
+                "completed_calls": self.completed_calls,
+                "paired_calls": self.paired_calls + sum(st.paired for st in self._edges.values()),
+                "expired_entries": self.expired_entries,
+                "expired_unpaired_server": self.expired_unpaired_server,
+                "dropped_spans": dict(self.dropped_spans),
+                "dropped_calls": dict(self.dropped_calls),
+                "skipped_spans": self.skipped_spans,
+                "duplicate_spans": self.duplicate_spans,
+                "dedupe_evicted": self.dedupe_evicted,
+                "stale_edges": self.stale_edges,
+                "edges_created": self.edges_created,
+                "late_events": self.late_events + sum(st.late_events for st in self._edges.values()),
+            }
+
+    def _metric_rows(self) -> tuple[list[tuple], dict[str, Any]]:
+        """Edge counters for the Prometheus collector, copied under the lock."""
+        with self._lock:
+            rows = [(st.client, st.server, st.connection_type, st.calls, st.errors, list(st.client_counts),
+                     st.client_sum, list(st.server_counts), st.server_sum) for st in self._edges.values()]
+        return rows, self.stats()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="servicegraph-expiry", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.expiry_interval_s):
+            try:
+                self.expire()
+            except Exception:  # never let the loop die
+                log.exception("service graph expiry failed")
+
+    def shutdown(self) -> None:
+        """Stop the expiry loop and flush the pairing store into edges. Idempotent."""
+        self._stop.set()
+        t, self._thread = self._thread, None
+        if t is not None:
+            t.join()
+        self.flush()

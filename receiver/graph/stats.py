@@ -1,0 +1,189 @@
+"""Per-edge statistics: counters, latency histograms, event-time series."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+# node kinds, strongest first: a name seen as a service.name is a service whatever else it is
+NODE_KINDS = ("service", "database", "messaging", "user", "virtual")
+KIND_RANK = {k: i for i, k in enumerate(NODE_KINDS)}
+
+CT_NONE = ""
+CT_MESSAGING = "messaging_system"
+CT_DATABASE = "database"
+CT_VIRTUAL = "virtual_node"
+
+
+@dataclass(slots=True)
+class Bucket:
+    """One event-time bucket of an edge (all calls whose client span ended in [start_s, start_s+width))."""
+
+    start_s: float
+    calls: int = 0
+    errors: int = 0
+    client_latency_sum_s: float = 0.0
+    server_latency_sum_s: float = 0.0
+    paired_calls: int = 0  # calls where both a client and a server span were seen
+    network_gap_sum_s: float = 0.0  # sum of (client latency - server latency) over paired calls
+
+
+def quantile(q: float, counts: list[int], bounds: list[float], overflow_max: float) -> float | None:
+    """The q-quantile of a histogram (`counts[i]` = observations in (bounds[i-1], bounds[i]], the
+    last one the overflow bucket above the highest bound), linearly interpolated inside the bucket
+    like Prometheus' `histogram_quantile`; inside the overflow bucket it interpolates up to the
+    largest value observed there (`overflow_max`) instead of returning the highest bound."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    cum = 0
+    for i, c in enumerate(counts):
+        if c and cum + c >= rank:
+            lo = bounds[i - 1] if i > 0 else 0.0
+            hi = bounds[i] if i < len(bounds) else max(overflow_max, lo)
+            return lo + (hi - lo) * ((rank - cum) / c)
+        cum += c
+    return None
+
+
+class EdgeStats:
+    """Cumulative statistics of one (client, server, connection_type) edge."""
+
+    __slots__ = (
+        "client", "server", "connection_type", "calls", "errors",
+        "client_counts", "server_counts", "client_sum", "server_sum", "client_max", "server_max",
+        "paired", "gap_sum", "first_seen", "last_seen", "updated", "series", "late_events", "_cfg",
+    )
+
+    def __init__(self, client: str, server: str, connection_type: str,
+                 cfg: tuple[list[float], int, int]) -> None:
+        """`cfg` = (latency bucket bounds in seconds, event-time bucket width in ns, max buckets)."""
+        self.client = client
+        self.server = server
+        self.connection_type = connection_type
+        self._cfg = cfg
+        n = len(cfg[0]) + 1
+        self.calls = 0
+        self.errors = 0
+        self.client_counts = [0] * n  # last slot: above the highest bound (+Inf)
+        self.server_counts = [0] * n
+        self.client_sum = 0.0
+        self.server_sum = 0.0
+        self.client_max = 0.0  # largest latency above the highest bound (caps the +Inf bucket)
+        self.server_max = 0.0
+        self.paired = 0
+        self.gap_sum = 0.0
+        self.first_seen = 0.0  # event time (unix seconds) of the earliest call
+        self.last_seen = 0.0  # event time of the latest call
+        self.updated = 0.0  # wall clock of the last call recorded (staleness)
+        # event-time bucket index -> [calls, errors, client_sum, server_sum, paired, gap_sum]
+        self.series: dict[int, list] = {}
+        self.late_events = 0  # events older than the oldest retained bucket (not in the series)
+
+    def add(self, client_lat: float, server_lat: float, failed: bool, paired: bool, event_ns: int,
+            now: float) -> None:
+        """Record one call: latencies in seconds, event time = end of the client span (unix ns)."""
+        bounds, bucket_ns, max_buckets = self._cfg
+        self.calls += 1
+        i = bisect_left(bounds, client_lat)
+        self.client_counts[i] += 1
+        if i == len(bounds) and client_lat > self.client_max:  # the max only matters above the bounds
+            self.client_max = client_lat
+        i = bisect_left(bounds, server_lat)
+        self.server_counts[i] += 1
+        if i == len(bounds) and server_lat > self.server_max:
+            self.server_max = server_lat
+        self.client_sum += client_lat
+        self.server_sum += server_lat
+        ev = event_ns / 1e9
+        if ev > self.last_seen:
+            self.last_seen = ev
+            if self.calls == 1:
+                self.first_seen = ev
+        elif ev < self.first_seen or self.calls == 1:
+            self.first_seen = ev
+        self.updated = now
+        b = self.series.get(event_ns // bucket_ns)
+        if b is None:
+            b = self._new_bucket(event_ns // bucket_ns, max_buckets)
+        b[0] += 1
+        b[2] += client_lat
+        b[3] += server_lat
+        if failed:
+            self.errors += 1
+            b[1] += 1
+        if paired:
+            gap = client_lat - server_lat
+            self.paired += 1
+            self.gap_sum += gap
+            b[4] += 1
+            b[5] += gap
+
+    def _new_bucket(self, idx: int, max_buckets: int) -> list:
+        series = self.series
+        if len(series) >= max_buckets:
+            oldest = min(series)
+            if idx < oldest:
+                self.late_events += 1
+                return [0, 0, 0.0, 0.0, 0, 0.0]  # counted in the totals, not in the series
+            del series[oldest]
+        b = series[idx] = [0, 0, 0.0, 0.0, 0, 0.0]
+        return b
+
+    def merge_into(self, other: EdgeStats) -> None:
+        """Add this edge's counters into `other` (used to fold connection types for the DiGraph)."""
+        other.calls += self.calls
+        other.errors += self.errors
+        other.client_counts = [a + b for a, b in zip(other.client_counts, self.client_counts, strict=True)]
+        other.server_counts = [a + b for a, b in zip(other.server_counts, self.server_counts, strict=True)]
+        other.client_sum += self.client_sum
+        other.server_sum += self.server_sum
+        other.client_max = max(other.client_max, self.client_max)
+        other.server_max = max(other.server_max, self.server_max)
+        other.paired += self.paired
+        other.gap_sum += self.gap_sum
+        if other.calls == self.calls:  # other was empty
+            other.first_seen, other.last_seen = self.first_seen, self.last_seen
+        else:
+            other.first_seen = min(other.first_seen, self.first_seen)
+            other.last_seen = max(other.last_seen, self.last_seen)
+        other.updated = max(other.updated, self.updated)
+        other.late_events += self.late_events
+
+    def to_dict(self, bounds: list[float]) -> dict:
+        def ms(q: float, counts: list[int], mx: float) -> float | None:
+            v = quantile(q, counts, bounds, mx)
+            return None if v is None else round(v * 1000.0, 3)
+
+        cc, sc = self.client_counts, self.server_counts
+        return {
+            "source": self.client,
+            "target": self.server,
+            "calls": self.calls,
+            "errors": self.errors,
+            "error_rate": round(self.errors / self.calls, 6) if self.calls else 0.0,
+            "connection_type": self.connection_type,
+            # the caller's view (client span duration; for `user` edges the server span's)
+            "p50_ms": ms(0.5, cc, self.client_max),
+            "p95_ms": ms(0.95, cc, self.client_max),
+            "p99_ms": ms(0.99, cc, self.client_max),
+            "server_p50_ms": ms(0.5, sc, self.server_max),
+            "server_p95_ms": ms(0.95, sc, self.server_max),
+            "server_p99_ms": ms(0.99, sc, self.server_max),
+            "client_latency_sum_s": self.client_sum,
+            "server_latency_sum_s": self.server_sum,
+            "paired_calls": self.paired,
+            # mean of (client - server) duration over calls with both spans: network + queueing
+            "network_gap_avg_ms": round(self.gap_sum / self.paired * 1000.0, 3) if self.paired else None,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "updated": self.updated,
+        }
+
+    def buckets(self, bucket_ns: int) -> list[Bucket]:
+        return [
+            Bucket(start_s=idx * bucket_ns / 1e9, calls=b[0], errors=b[1], client_latency_sum_s=b[2],
+                   server_latency_sum_s=b[3], paired_calls=b[4], network_gap_sum_s=b[5])
+            for idx, b in sorted(self.series.items())
+        ]
