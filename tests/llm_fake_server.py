@@ -31,6 +31,7 @@ class FakeLlmServer:
         self.script: list[tuple[Any, ...]] = list(script or [("ok", ANOMALY)])
         self.bodies: list[dict[str, Any]] = []
         self.times: list[float] = []
+        self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
         self._stop = threading.Event()
         server = self
@@ -56,6 +57,7 @@ class FakeLlmServer:
                     body = {"_raw": raw.decode(errors="replace")}
                 with server.lock:
                     server.bodies.append(body)
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
                     server.times.append(time.monotonic())
                     step = server.script.pop(0) if len(server.script) > 1 else server.script[0]
                 kind = step[0]
