@@ -111,11 +111,20 @@ class Sample:
 class _Series:
     """Event-time buckets (start_ns -> slots), capped at max_buckets (the oldest is evicted)."""
 
-    __slots__ = ("buckets", "nslots")
+    __slots__ = ("buckets", "nslots", "exemplars")
 
     def __init__(self, nslots: int) -> None:
         self.buckets: dict[int, list[float]] = {}
         self.nslots = nslots
+        # per bucket: the slowest span (value ns, trace id hex, span id hex)
+        self.exemplars: dict[int, tuple[int, str, str]] = {}
+
+    def exemplar(self, b: int, value: int, trace_id: bytes, span_id: bytes) -> None:
+        if b not in self.buckets:
+            return
+        cur = self.exemplars.get(b)
+        if cur is None or value > cur[0]:
+            self.exemplars[b] = (value, trace_id.hex(), span_id.hex())
 
     def slot(self, b: int, cap: int, evicted: Counter) -> list[float]:
         row = self.buckets.get(b)
@@ -125,6 +134,7 @@ class _Series:
             if len(self.buckets) > cap:
                 oldest = min(self.buckets)
                 del self.buckets[oldest]
+                self.exemplars.pop(oldest, None)
                 evicted.labels("bucket").inc()
         return row
 
@@ -409,25 +419,31 @@ class SpanSignals:
                         calls.append((c.start, c.end))
                     elif c.kind == K_INTERNAL:
                         stack.extend(children.get(c.span_id, ()))
-                row[N_SELF] += max(0, dur - _union_len(calls, sp.start, sp.end))
+                self_ns = max(0, dur - _union_len(calls, sp.start, sp.end))
+                row[N_SELF] += self_ns
                 row[N_SELF_N] += 1
+                node.exemplar(self._b(sp.start), self_ns, trace_id, sp.span_id)
             elif sp.kind in (K_CLIENT, K_PRODUCER):
                 remote = [c for c in kids if c.service != sp.service and c.kind in (K_SERVER, K_CONSUMER)]
                 if remote:
                     srv = remote[0]
                     ctype = "messaging_system" if sp.kind == K_PRODUCER or srv.kind == K_CONSUMER else ""
-                    erow = self._edge(sp.service, srv.service, ctype).slot(self._b(sp.start), cap, ev)
+                    eseries = self._edge(sp.service, srv.service, ctype)
+                    erow = eseries.slot(self._b(sp.start), cap, ev)
                     erow[E_CALLS] += 1
                     erow[E_ERRORS] += sp.error or srv.error
                     erow[E_CLIENT_LAT] += dur
                     erow[E_SERVER_LAT] += srv.end - srv.start
                     if ctype == "":
-                        erow[E_GAP] += max(0, dur - (srv.end - srv.start))
+                        gap_ns = max(0, dur - (srv.end - srv.start))
+                        erow[E_GAP] += gap_ns
                         erow[E_GAP_N] += 1
+                        eseries.exemplar(self._b(sp.start), gap_ns, trace_id, sp.span_id)
                 elif sp.peer and sp.kind == K_CLIENT and sp.peer != sp.service:
                     self._virtual.add(sp.peer)
                     ctype = "database" if not sp.messaging else "messaging_system"
-                    erow = self._edge(sp.service, sp.peer, ctype).slot(self._b(sp.start), cap, ev)
+                    eseries = self._edge(sp.service, sp.peer, ctype)
+                    erow = eseries.slot(self._b(sp.start), cap, ev)
                     erow[E_CALLS] += 1
                     erow[E_ERRORS] += sp.error
                     erow[E_CLIENT_LAT] += dur
@@ -439,6 +455,7 @@ class SpanSignals:
                         row[N_LAT] += dur
                         row[N_SELF] += dur
                         row[N_SELF_N] += 1
+                        node.exemplar(self._b(sp.start), dur, trace_id, sp.span_id)
 
             # deepest failing span: attribute the failure
             if sp.error and not err_below(sp):
@@ -509,6 +526,20 @@ class SpanSignals:
         with self._lock:
             s = self._edges.get((caller, callee))
             return {b: list(r) for b, r in s.buckets.items()} if s else {}
+
+    def exemplar(self, node: str, since_ns: int, until_ns: int,
+                 caller: str | None = None) -> tuple[int, str, str] | None:
+        """The slowest span in [since, until): of `node` (self time), or, with `caller`, the largest
+        client-server gap on the edge caller -> node. (value ns, trace id, span id)."""
+        with self._lock:
+            s = self._edges.get((caller, node)) if caller is not None else self._nodes.get(node)
+            if s is None:
+                return None
+            best = None
+            for b, ex in s.exemplars.items():
+                if since_ns <= b < until_ns and (best is None or ex[0] > best[0]):
+                    best = ex
+            return best
 
     def samples(self, service: str, since_ns: int = 0, until_ns: int | None = None) -> list[Sample]:
         """Recent failing spans attributed to `service`, then its error log lines."""
