@@ -286,3 +286,16 @@ def test_calibration_helpers() -> None:
 def test_config_errors(kw: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         DetectConfig(**kw).validate()  # type: ignore[arg-type]
+
+
+def test_session_implication_invariant() -> None:
+    det = Tier0Detector(DetectConfig(warmup_sessions=50), None, CollectorRegistry())
+    rng = random.Random(4)
+    for i in range(400):
+        # step 1 occurs once or twice, so no count equality holds for it: only "X comes with 1" does
+        seq = [1] * rng.randint(1, 2) + [2, 3, 4] + ([7] if rng.random() < 0.3 else [])
+        assert not det.assess(session(i, seq)).flagged
+    a = det.assess(session(999, [7, 2, 3, 4]))  # 7 always came with 1 (and 1 is missing)
+    check_contract(a, "sequence")
+    assert "occurred without #1" in a.finding.body  # type: ignore[union-attr]
+    assert not det.assess(session(1000, [1, 2, 3, 4, 7])).flagged

@@ -321,6 +321,7 @@ class Tier0Detector:
         self.m_evicted = Counter("tier0_baseline_evictions", "Baseline entries evicted (caps)", ["reason"],
                                  registry=registry)
         self.m_services = Gauge("tier0_services", "Services with a baseline", registry=registry)
+        self._window_children = {k: self.m_windows.labels(k) for k in ("tumbling", "session")}
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -344,7 +345,8 @@ class Tier0Detector:
             best = max(problems, key=lambda p: p.confidence) if problems else None
             flagged = best is not None and best.confidence >= self.config.threshold
             self._learn(b, w, flagged)
-        self.m_windows.labels(w.kind).inc()
+        child = self._window_children.get(w.kind)
+        (child if child is not None else self.m_windows.labels(w.kind)).inc()
         reasons = [f"{p.type} ({p.confidence:.2f}): {p.explanation}" for p in
                    sorted(problems, key=lambda p: -p.confidence)]
         score = best.confidence if best else 0.0
@@ -453,24 +455,25 @@ class Tier0Detector:
         cfg = self.config
         c = w.template_counts
         worst: tuple[float, str, list[int]] | None = None
-        for a in b.inv_top:
-            ca = c.get(a, 0)
-            for bb in b.inv_top:
-                if a >= bb:
+        top = b.inv_top
+        present = [t for t in top if t in c]
+        # a broken equality needs at least one of the pair present; a broken implication needs `a`
+        for a in present:
+            ca = c[a]
+            for bb in top:
+                if bb == a:
                     continue
                 cb = c.get(bb, 0)
-                if ca == cb:
-                    continue
-                n, h = b.inv_eq.get((a, bb), (0, 0))
-                if n >= cfg.inv_min_support and h / n >= cfg.inv_min_hold:
-                    rate = h / n
-                    if worst is None or rate > worst[0]:
-                        worst = (rate, f"count(#{a}) = {ca} but count(#{bb}) = {cb}; they were equal in "
-                                 f"{h} of {n} sessions ({rate:.1%})", [a, bb])
-            if ca:
-                for bb in b.inv_top:
-                    if bb == a or c.get(bb, 0):
-                        continue
+                if ca != cb and (cb == 0 or a < bb):  # each differing pair judged once
+                    key = (a, bb) if a < bb else (bb, a)
+                    n, h = b.inv_eq.get(key, (0, 0))
+                    if n >= cfg.inv_min_support and h / n >= cfg.inv_min_hold:
+                        rate = h / n
+                        if worst is None or rate > worst[0]:
+                            x, y = key
+                            worst = (rate, f"count(#{x}) = {c.get(x, 0)} but count(#{y}) = {c.get(y, 0)}; "
+                                     f"they were equal in {h} of {n} sessions ({rate:.1%})", [x, y])
+                if cb == 0:
                     n, h = b.inv_imp.get((a, bb), (0, 0))
                     if n >= cfg.inv_min_support and h / n >= cfg.inv_min_hold:
                         rate = h / n
@@ -577,14 +580,17 @@ class Tier0Detector:
         if not cfg.inv_templates:
             return
         c = w.template_counts
+        grew = False
         for t in c:
             if t >= 0:
-                b.sess_df[t] = b.sess_df.get(t, 0) + 1
+                n = b.sess_df.get(t, 0)
+                grew = grew or n == 0
+                b.sess_df[t] = n + 1
         if len(b.sess_df) > cfg.max_templates_per_service:
             keep = sorted(b.sess_df.items(), key=lambda kv: -kv[1])[: cfg.max_templates_per_service]
             self.m_evicted.labels("session_templates").inc(len(b.sess_df) - len(keep))
             b.sess_df = dict(keep)
-        if b.sessions % 64 == 1 or len(b.inv_top) < cfg.inv_templates:
+        if b.sessions % 64 == 1 or (grew and len(b.inv_top) < cfg.inv_templates):
             top = sorted(b.sess_df, key=lambda t: -b.sess_df[t])[: cfg.inv_templates]
             if set(top) != set(b.inv_top):
                 keep_set = set(top)
@@ -592,25 +598,25 @@ class Tier0Detector:
                 b.inv_imp = {k: v for k, v in b.inv_imp.items() if k[0] in keep_set and k[1] in keep_set}
             b.inv_top = top
         top = b.inv_top
-        for i, a in enumerate(top):
-            ca = c.get(a, 0)
-            for bb in top[i + 1:]:
-                cb = c.get(bb, 0)
-                if ca or cb:
+        present = [t for t in top if t in c]
+        pset = set(present)
+        for a in present:
+            ca = c[a]
+            for bb in top:
+                if bb == a:
+                    continue
+                if not (bb in pset and bb < a):  # a pair of two present templates is counted once
                     key = (a, bb) if a < bb else (bb, a)
                     st = b.inv_eq.get(key)
                     if st is None:
                         st = b.inv_eq[key] = [0, 0]
                     st[0] += 1
-                    st[1] += ca == cb
-            if ca:
-                for bb in top:
-                    if bb != a:
-                        st = b.inv_imp.get((a, bb))
-                        if st is None:
-                            st = b.inv_imp[(a, bb)] = [0, 0]
-                        st[0] += 1
-                        st[1] += c.get(bb, 0) > 0
+                    st[1] += ca == c.get(bb, 0)
+                st = b.inv_imp.get((a, bb))
+                if st is None:
+                    st = b.inv_imp[(a, bb)] = [0, 0]
+                st[0] += 1
+                st[1] += bb in pset
 
     @staticmethod
     def _count(b: _Baseline, ctx: tuple[int, ...], nxt: int) -> None:

@@ -213,8 +213,11 @@ class LogsStage:
         if not closed:
             return
         closed.sort(key=lambda w: (w.end_ns, w.service))
-        for w in closed:
-            self.m_windows.labels(w.kind).inc()
+        n_session = sum(1 for w in closed if w.kind == "session")
+        if n_session:
+            self.m_windows.labels("session").inc(n_session)
+        if len(closed) > n_session:
+            self.m_windows.labels("tumbling").inc(len(closed) - n_session)
         if self._next is not None:
             with self._emit_lock:  # keep windows in order when the ticker and ingest both emit
                 self._next.consume_windows(closed)

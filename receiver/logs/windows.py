@@ -34,6 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -94,8 +95,8 @@ class WindowsConfig(StageConfig):
     max_keys_per_line: int = 4
     max_services: int = 1000
     max_open_windows: int = 4  # open tumbling windows per service
-    max_sessions_per_service: int = 10_000
-    max_sessions_total: int = 100_000
+    max_sessions_per_service: int = 5_000
+    max_sessions_total: int = 20_000
     max_templates_per_window: int = 512
     max_exemplars: int = 5
     max_exemplar_chars: int = 512
@@ -244,6 +245,16 @@ class WindowManager:
         )
         self.m_open = Gauge("log_windows_open", "Open windows", ["kind"], registry=registry)
         self.m_services = Gauge("log_window_services", "Services with window state", registry=registry)
+        self.m_open.labels("tumbling").set_function(lambda: self._n_tumbling)
+        self.m_open.labels("session").set_function(lambda: self._n_sessions)
+        self.m_services.set_function(lambda: len(self._services))
+        self._closed_children: dict[tuple[str, str], Any] = {}
+
+    def _closed_inc(self, kind: str, reason: str) -> None:
+        child = self._closed_children.get((kind, reason))
+        if child is None:
+            child = self._closed_children[(kind, reason)] = self.m_closed.labels(kind, reason)
+        child.inc()
 
     # ---------------------------------------------------------------- public
     def add(
@@ -571,7 +582,7 @@ class WindowManager:
         st.last_closed_end = start
 
     def _empty(self, service: str, start: int) -> Window:
-        self.m_closed.labels("tumbling", "empty").inc()
+        self._closed_inc("tumbling", "empty")
         return Window(
             service=service,
             kind="tumbling",
@@ -592,7 +603,7 @@ class WindowManager:
         w.closed_by = reason
         if w.end_ns > st.last_closed_end:
             st.last_closed_end = w.end_ns
-        self.m_closed.labels("tumbling", reason).inc()
+        self._closed_inc("tumbling", reason)
         closed.append(w)
 
     def _close_session(
@@ -606,7 +617,7 @@ class WindowManager:
         span_s = max(1.0, (w.last_ns - w.first_ns) / NS)
         w.rate = w.count / span_s
         w.closed_by = reason
-        self.m_closed.labels("session", reason).inc()
+        self._closed_inc("session", reason)
         closed.append(w)
 
     def _close_all(self, service: str, st: _ServiceState, reason: str, closed: list[Window]) -> None:
@@ -616,6 +627,4 @@ class WindowManager:
             self._close_session(service, st, key, reason, closed)
 
     def _gauges(self) -> None:
-        self.m_open.labels("tumbling").set(self._n_tumbling)
-        self.m_open.labels("session").set(self._n_sessions)
-        self.m_services.set(len(self._services))
+        return None  # the gauges read the counters through set_function
