@@ -198,36 +198,75 @@ def _throughput(rounds: int) -> None:
           f"dropped {st['dropped_spans']})")
 
 
-def main() -> None:
-    rounds = int(os.environ.get("BENCH_GRAPH_ROUNDS", "5"))
-    n_spans = int(os.environ.get("BENCH_GRAPH_SPANS", "1000000"))
-    _throughput(rounds)
-    gc.collect()
+def _lone_clients(n: int, seed: int, services: int = 50,
+                  peers: int = 100) -> Iterator[ExportTraceServiceRequest]:
+    """Requests of client spans that never get a server half: `services` x `peers` distinct edges."""
+    rng = random.Random(seed)
+    for start in range(0, n, 512):
+        items = []
+        for i in range(start, min(n, start + 512)):
+            attrs = [_kv("http.request.method", "GET"), _kv("url.full", f"https://peer/api/{i}"),
+                     _kv("peer.service", f"peer-{(i // services) % peers}"),
+                     _kv("server.address", "10.1.2.3"), _kv("http.response.status_code", 200)]
+            t0 = 1_700_000_000_000_000_000 + i * 1_000_000
+            items.append((f"svc-{i % services}", Span(
+                trace_id=rng.randbytes(16), span_id=rng.randbytes(8), name="GET", kind=CLI,
+                start_time_unix_nano=t0, end_time_unix_nano=t0 + 2_000_000, attributes=attrs)))
+        yield _pack(items)
 
-    # ---- memory: n_spans spans, n_spans/10 distinct traces, default caps, expiry loop running
+
+def _memory(n_spans: int) -> None:
+    """n_spans spans with n_spans/10 distinct traces through one graph with default caps and the
+    expiry loop running; then every cap filled (edges, nodes, pairing store, done-set)."""
     rss0 = _rss_mb()
     g = ServiceGraph(GraphConfig())
     g.start()
     t0 = time.perf_counter()
-    done = 0
+    n = 0
     for req in make_requests(n_spans // 10, seed=11):
         g.consume_traces(ExportTraceServiceRequest.FromString(req.SerializeToString()))
-        done += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+        n += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
     dt = time.perf_counter() - t0
-    g.shutdown()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     st = g.stats()
-    print()
-    print(f"{'memory run':52} {'value':>12}")
-    print(f"{'spans / distinct traces':52} {done:>6,} / {n_spans // 10:,}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{'memory run (default caps)':52} {'value':>12}")
+    print(f"{'spans / distinct traces':52} {n:>12,} / {n_spans // 10:,}")
     print(f"{'wall time incl. request generation (s)':52} {dt:12.1f}")
     print(f"{'RSS before (MB)':52} {rss0:12.1f}")
     print(f"{'RSS after (MB)':52} {_rss_mb():12.1f}")
-    print(f"{'peak RSS of the process (MB, ru_maxrss)':52} {peak:12.1f}")
-    print(f"{'dedupe set items (cap)':52} {st['dedupe_items']:>12,} ({g.config.dedupe_max_items:,})")
-    print(f"{'pairing store items after flush':52} {st['store_items']:>12,}")
-    print(f"{'edges / nodes':52} {st['edges']:>6} / {st['nodes']}")
-    print(f"{'calls recorded / paired':52} {st['completed_calls']:,} / {st['paired_calls']:,}")
+    print(f"{'peak RSS of the process so far (MB, ru_maxrss)':52} {peak:12.1f}")
+    print(f"{'done-set items (cap)':52} {st['dedupe_items']:>12,} ({g.config.dedupe_max_items:,})")
+    print(f"{'pairing store items':52} {st['store_items']:>12,}")
+    print(f"{'edges / nodes':52} {st['edges']:>12} / {st['nodes']}")
+    print(f"{'calls recorded / paired':52} {st['completed_calls']:>12,} / {st['paired_calls']:,}")
+    # the caps filled: 50 services x 100 peers = 5000 virtual edges (each edge's series ring is
+    # allocated whole on its first call), then the pairing store filled with lone client halves
+    cfg = g.config
+    for req in _lone_clients(cfg.store_max_items, seed=3):
+        g.consume_traces(ExportTraceServiceRequest.FromString(req.SerializeToString()))
+    g.flush()
+    for req in _lone_clients(cfg.store_max_items + 5000, seed=4):
+        g.consume_traces(ExportTraceServiceRequest.FromString(req.SerializeToString()))
+    st = g.stats()
+    gc.collect()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{'+ caps filled: edges / nodes':52} {st['edges']:>12} / {st['nodes']} "
+          f"(caps {cfg.max_edges} / {cfg.max_nodes})")
+    print(f"{'  pairing store items (cap), dropped store_full':52} {st['store_items']:>12,} "
+          f"({cfg.store_max_items:,}), {st['dropped_spans']['store_full']:,}")
+    print(f"{'  done-set items (cap)':52} {st['dedupe_items']:>12,} ({cfg.dedupe_max_items:,})")
+    print(f"{'  RSS with the caps filled (MB)':52} {_rss_mb():12.1f}")
+    print(f"{'  peak RSS of the process (MB, ru_maxrss)':52} {peak:12.1f}")
+    g.shutdown()
+    print()
+
+
+def main() -> None:
+    rounds = int(os.environ.get("BENCH_GRAPH_ROUNDS", "5"))
+    n_spans = int(os.environ.get("BENCH_GRAPH_SPANS", "1000000"))
+    _memory(n_spans)  # first, so the peak RSS is this run's
+    gc.collect()
+    _throughput(rounds)
 
 
 if __name__ == "__main__":

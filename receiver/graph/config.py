@@ -10,6 +10,10 @@ Defaults and where they come from:
   the cap is ~15 MB and leaves room for ~5k spans/s of cross-batch pairing within the TTL.
 * `latency_buckets_s`: the connector's default seconds buckets (0.002 ... 15).
 * `edge_stale_s` 15 min: the connector's `cache_loop` / Tempo's `stale_duration`.
+* `dedupe_ttl_s` 300 s: the Collector exporters' default `retry_on_failure.max_elapsed_time`, so a
+  batch retried until the exporter gives up is still recognised (`dedupe_max_items` bounds it first
+  under load: ~100 bytes a key, 20 MB at the cap).
+* Series: `bucket_s` 10 s x `max_buckets` 360 = the last hour of each edge, for baselines.
 * Attribute lists: see `DEFAULT_DATABASE_NAME_ATTRIBUTES` and `DEFAULT_PEER_ATTRIBUTES`.
 """
 
@@ -62,9 +66,9 @@ class GraphConfig(StageConfig):
     # duplicate suppression for OTLP retries: (trace id, span id) remembered this long / this many
     dedupe_ttl_s: float = 300.0
     dedupe_max_items: int = 200_000
-    # graph bounds
-    max_edges: int = 10_000
-    max_nodes: int = 5_000
+    # graph bounds (an edge costs ~21 KB with the default series: 5000 edges ~ 105 MB at most)
+    max_edges: int = 5_000
+    max_nodes: int = 2_000
     edge_stale_s: float = 900.0
     # latency histograms and per-edge event-time series
     latency_buckets_s: list[float] = field(default_factory=lambda: list(DEFAULT_LATENCY_BUCKETS_S))
@@ -86,7 +90,8 @@ class GraphConfig(StageConfig):
                     f"must be an integer > 0, got {value!r}")
         require(self.max_nodes >= 2, "graph.max_nodes", "must be >= 2 (an edge has two nodes)")
         positive(self.edge_stale_s, "graph.edge_stale_s")
-        positive(self.bucket_s, "graph.bucket_s")
+        require(isinstance(self.bucket_s, (int, float)) and self.bucket_s >= 0.001, "graph.bucket_s",
+                f"must be >= 0.001 (seconds), got {self.bucket_s!r}")
         b = self.latency_buckets_s
         require(isinstance(b, list) and len(b) > 0, "graph.latency_buckets_s", "must be a non-empty list")
         require(all(isinstance(x, (int, float)) and x > 0 for x in b), "graph.latency_buckets_s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
 
@@ -47,6 +48,14 @@ def quantile(q: float, counts: list[int], bounds: list[float], overflow_max: flo
     return None
 
 
+_SLOT = 7
+_EMPTY_SLOT = array("d", [-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def _empty_slot(idx: int) -> array:
+    return array("d", [float(idx), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+
+
 class EdgeStats:
     """Cumulative statistics of one (client, server, connection_type) edge."""
 
@@ -77,9 +86,11 @@ class EdgeStats:
         self.first_seen = 0.0  # event time (unix seconds) of the earliest call
         self.last_seen = 0.0  # event time of the latest call
         self.updated = 0.0  # wall clock of the last call recorded (staleness)
-        # event-time bucket index -> [calls, errors, client_sum, server_sum, paired, gap_sum]
-        self.series: dict[int, list] = {}
-        self.late_events = 0  # events older than the oldest retained bucket (not in the series)
+        # Event-time series: a ring of max_buckets slots of _SLOT doubles each, allocated on the
+        # first call: [bucket index, calls, errors, client_sum, server_sum, paired, gap_sum]; bucket
+        # i lives in slot i % max_buckets (56 bytes a slot, so 20 KB an edge for 360 buckets).
+        self.series: array | None = None
+        self.late_events = 0  # events older than the slot's current bucket (not in the series)
 
     def add(self, client_lat: float, server_lat: float, failed: bool, paired: bool, event_ns: int,
             now: float) -> None:
@@ -104,32 +115,34 @@ class EdgeStats:
         elif ev < self.first_seen or self.calls == 1:
             self.first_seen = ev
         self.updated = now
-        b = self.series.get(event_ns // bucket_ns)
-        if b is None:
-            b = self._new_bucket(event_ns // bucket_ns, max_buckets)
-        b[0] += 1
-        b[2] += client_lat
-        b[3] += server_lat
+        ring = self.series
+        if ring is None:
+            ring = self.series = array("d", _EMPTY_SLOT) * max_buckets
+        idx = event_ns // bucket_ns
+        j = (idx % max_buckets) * _SLOT
+        cur = ring[j]
+        if cur != idx:
+            if idx < cur:  # older than the series reaches back
+                self.late_events += 1
+                if failed:
+                    self.errors += 1
+                if paired:
+                    self.paired += 1
+                    self.gap_sum += client_lat - server_lat
+                return
+            ring[j:j + _SLOT] = _empty_slot(idx)
+        ring[j + 1] += 1
+        ring[j + 3] += client_lat
+        ring[j + 4] += server_lat
         if failed:
             self.errors += 1
-            b[1] += 1
+            ring[j + 2] += 1
         if paired:
             gap = client_lat - server_lat
             self.paired += 1
             self.gap_sum += gap
-            b[4] += 1
-            b[5] += gap
-
-    def _new_bucket(self, idx: int, max_buckets: int) -> list:
-        series = self.series
-        if len(series) >= max_buckets:
-            oldest = min(series)
-            if idx < oldest:
-                self.late_events += 1
-                return [0, 0, 0.0, 0.0, 0, 0.0]  # counted in the totals, not in the series
-            del series[oldest]
-        b = series[idx] = [0, 0, 0.0, 0.0, 0, 0.0]
-        return b
+            ring[j + 5] += 1
+            ring[j + 6] += gap
 
     def merge_into(self, other: EdgeStats) -> None:
         """Add this edge's counters into `other` (used to fold connection types for the DiGraph)."""
@@ -182,8 +195,21 @@ class EdgeStats:
         }
 
     def buckets(self, bucket_ns: int) -> list[Bucket]:
-        return [
-            Bucket(start_s=idx * bucket_ns / 1e9, calls=b[0], errors=b[1], client_latency_sum_s=b[2],
-                   server_latency_sum_s=b[3], paired_calls=b[4], network_gap_sum_s=b[5])
-            for idx, b in sorted(self.series.items())
+        """The retained event-time buckets, oldest first: the last max_buckets bucket indexes up to
+        the newest one seen (a slot still holding an older bucket is left out)."""
+        ring = self.series
+        if ring is None:
+            return []
+        n = len(ring) // _SLOT
+        slots = [ring[j:j + _SLOT] for j in range(0, len(ring), _SLOT) if ring[j] >= 0]
+        if not slots:
+            return []
+        newest = max(sl[0] for sl in slots)
+        out = [
+            Bucket(start_s=int(sl[0]) * bucket_ns / 1e9, calls=int(sl[1]), errors=int(sl[2]),
+                   client_latency_sum_s=sl[3], server_latency_sum_s=sl[4], paired_calls=int(sl[5]),
+                   network_gap_sum_s=sl[6])
+            for sl in slots if sl[0] > newest - n
         ]
+        out.sort(key=lambda b: b.start_s)
+        return out
