@@ -166,6 +166,14 @@ def test_silence_of_a_chatty_service() -> None:
     a = det.assess(empty)
     check_contract(a, "silence")
     assert a.finding is not None and a.finding.attributes[A_CONFIDENCE] > 0.99
+    # the silence goes on: reported once, not once per empty window
+    empty2 = Window(service="api", kind="tumbling", key="", start_ns=501 * 60 * NS, end_ns=502 * 60 * NS)
+    again = det.assess(empty2)
+    assert not again.flagged and "already reported" in again.reasons[0]
+    # the service speaks, then falls silent again: a new silence
+    det.assess(normal(502, random.Random(2)))
+    empty3 = Window(service="api", kind="tumbling", key="", start_ns=503 * 60 * NS, end_ns=504 * 60 * NS)
+    check_contract(det.assess(empty3), "silence")
     # a quiet service going silent is not news
     quiet = Tier0Detector(DetectConfig(), None, CollectorRegistry())
     for i in range(10):

@@ -247,6 +247,7 @@ class _Baseline:
         self.trans: dict[tuple[int, ...], dict[int, int]] = {}  # context -> next -> count
         self.ctx_total: dict[tuple[int, ...], int] = {}
         self.n_trans = 0
+        self.silent = False  # a silence was reported and no line has arrived since (not persisted)
         self.sess_df: dict[int, int] = {}  # template -> sessions containing it (count invariants)
         self.inv_top: list[int] = []  # templates whose pair invariants are tracked
         # (a, b) -> [sessions with a or b, sessions with count(a) == count(b)]
@@ -383,10 +384,14 @@ class Tier0Detector:
             lam = b.count.mean
             if lam >= cfg.silence_min_expected:
                 pr = math.exp(-lam)
+                conf = self._surprise_conf(pr)
+                if b.silent:  # one finding per silence, not one per empty window
+                    conf = min(conf, 0.05)
                 problems.append(_Problem(
-                    "silence", self._surprise_conf(pr), "high",
+                    "silence", conf, "high",
                     f"service {w.service} sent no log lines in this {_dur(w)} window; it usually sends "
-                    f"{lam:.1f} lines per window (P(0 lines) = {pr:.2g})"))
+                    f"{lam:.1f} lines per window (P(0 lines) = {pr:.2g})"
+                    + (" (silence already reported)" if b.silent else "")))
             return problems
         problems += self._novel(b, w)
         for kind, count, ewma in (("error", w.error_count, b.error_share),
@@ -556,7 +561,10 @@ class Tier0Detector:
             return
         b.windows += 1
         if w.count == 0:
+            if flagged:
+                b.silent = True
             return  # an empty window says nothing about the mix; the count EWMA keeps its level
+        b.silent = False
         if not flagged or b.windows <= cfg.warmup_windows:
             b.error_share.update(w.error_count / w.count, a)
             b.warn_share.update(w.warn_count / w.count, a)
