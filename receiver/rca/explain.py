@@ -117,7 +117,7 @@ def _feature_lines(f: Features) -> list[str]:
         out.append(f"{f.node}: calls in {int(f.calls_base)} (baseline) / {int(f.calls_cur)} (incident); "
                    f"error rate {f.err_base:.3f} -> {f.err_cur:.3f}; latency {f.lat_base_ms:.1f} -> "
                    f"{f.lat_cur_ms:.1f} ms")
-    if f.self_cur_ms and abs(f.self_cur_ms - f.self_base_ms) > 0.2 * (f.self_base_ms + 0.5):
+    if f.self_cur_ms and f.self_cur_ms - f.self_base_ms > 0.2 * (f.self_base_ms + 0.5):
         out.append(f"{f.node}: exclusive (self) time {f.self_base_ms:.1f} -> {f.self_cur_ms:.1f} ms "
                    f"(z={f.self_z:.1f})")
     if f.deep_count:

@@ -193,6 +193,7 @@ class SpanSignals:
         self._log_samples: dict[str, deque[Sample]] = {}
         self._watermark = 0
         self._versions: dict[str, str] = {}
+        self._instrumented: dict[str, None] = {}  # service.name values seen (insertion ordered)
         self._deploys: dict[str, deque[tuple[int, str, str]]] = {}
         self._min_time = 0
         reg = registry if registry is not None else CollectorRegistry()
@@ -216,6 +217,11 @@ class SpanSignals:
             for rs in request.resource_spans:
                 service = _attr_str(rs.resource.attributes, ["service.name"]) or "unknown_service"
                 version = _attr_str(rs.resource.attributes, ["service.version"])
+                if service not in self._instrumented:
+                    if len(self._instrumented) >= cfg.max_nodes:
+                        self._instrumented.pop(next(iter(self._instrumented)))
+                        self.m_evicted.labels("service").inc()
+                    self._instrumented[service] = None
                 first = True
                 for ss in rs.scope_spans:
                     for s in ss.spans:
@@ -439,8 +445,10 @@ class SpanSignals:
                         erow[E_GAP] += gap_ns
                         erow[E_GAP_N] += 1
                         eseries.exemplar(self._b(sp.start), gap_ns, trace_id, sp.span_id)
-                elif sp.peer and sp.kind == K_CLIENT and sp.peer != sp.service:
-                    self._virtual.add(sp.peer)
+                elif sp.peer and sp.kind == K_CLIENT and self._canon(sp) != sp.service:
+                    sp.peer = self._canon(sp)
+                    if sp.peer not in self._instrumented:
+                        self._virtual.add(sp.peer)
                     ctype = "database" if not sp.messaging else "messaging_system"
                     eseries = self._edge(sp.service, sp.peer, ctype)
                     erow = eseries.slot(self._b(sp.start), cap, ev)
@@ -480,6 +488,17 @@ class SpanSignals:
                         if callee.lower() in low:
                             self._edge(sp.service, callee, "").slot(self._b(sp.start), cap, ev)[E_BLAMED] += 1
                             break
+
+    def _canon(self, sp: _Sp) -> str:
+        """A peer name as a known service name when it is one (`cart:8080`, `cart.shop.svc` -> cart)."""
+        p = sp.peer
+        if p in self._instrumented:
+            return p
+        host = p.rsplit(":", 1)[0] if p.count(":") == 1 else p
+        for cand in (host, host.split(".", 1)[0]):
+            if cand in self._instrumented:
+                return cand
+        return p
 
     def _called_services(self, sp: _Sp, children: dict[bytes, list[_Sp]]) -> list[str]:
         out: list[str] = []

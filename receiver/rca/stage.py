@@ -57,7 +57,7 @@ class RcaConfig(StageConfig):
     baseline_s: float = 300.0  # history compared against (event time)
     settle_s: float = 10.0  # wait this long after the first trigger to gather concurrent symptoms
     incident_gap_s: float = 120.0  # triggers closer than this join the same incident
-    dedup_s: float = 600.0  # one report per root cause per this period
+    dedup_s: float = 600.0  # one report per root cause per this period (while its incident is open)
     reanalyse_s: float = 60.0  # re-rank an incident with new triggers at most this often
     max_reports_per_incident: int = 3
     max_window_s: float = 300.0  # the incident window ranked is at most this long
@@ -128,7 +128,8 @@ class RcaStage:
         self.weights = RankWeights()
         self._lock = threading.RLock()
         self._open: OrderedDict[str, _Incident] = OrderedDict()
-        self._reported: OrderedDict[str, int] = OrderedDict()  # root -> event time of last report
+        # root -> (event time of its last report, incident id)
+        self._reported: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self._flagged: dict[tuple[str, int], bool] = {}
         self._checked_until = 0  # buckets below this start have been checked for shifts
         self._finding_now = 0
@@ -188,7 +189,7 @@ class RcaStage:
                         f"(confidence {score:.2f}) {f.body[:200]}").strip()
                 self._finding_now = max(self._finding_now, end)
                 self.m_triggers.labels("finding").inc()
-                self._trigger(svc, max(start, end - int(self.config.signals.bucket_s * 1e9)), end,
+                self._trigger(svc, max(start, end - self.signals.bucket_ns()), end,
                               min(1.0, max(0.0, score)), line)
         self.check()
 
@@ -197,7 +198,7 @@ class RcaStage:
         wm = self.signals.watermark_ns()
         if final:
             return max(wm, self._finding_now)
-        return max(wm - int(self.config.signals.trace_idle_s * 1e9), self._finding_now, 0)
+        return max(wm - int(self.signals.config.trace_idle_s * 1e9), self._finding_now, 0)
 
     def check(self) -> None:
         self._check(final=False)
@@ -348,7 +349,8 @@ class RcaStage:
             self.m_suppressed.labels("same_root").inc()
             return None
         last = self._reported.get(root)
-        if last is not None and until - last < int(cfg.dedup_s * 1e9):
+        if last is not None and until - last[0] < int(cfg.dedup_s * 1e9) and last[1] in self._open:
+            # the same root cause was reported by an incident that is still open
             self.m_suppressed.labels("dedup").inc()
             return None
         return self._report(inc, result, g, inc.first_ns, until)
@@ -376,7 +378,7 @@ class RcaStage:
 
     def _report(self, inc: _Incident, result: RankResult, g: nx.DiGraph, since: int, until: int) -> Finding:
         cfg = self.config
-        evidence = build_evidence(result, self.signals, since - int(cfg.signals.bucket_s * 1e9), until,
+        evidence = build_evidence(result, self.signals, since - self.signals.bucket_ns(), until,
                                   inc.anomaly_lines)
         samples = self.signals.samples(result.root, since, until)
         kind = classify(result, samples, self.signals.virtual_nodes())
@@ -414,7 +416,7 @@ class RcaStage:
         root = ranked[0]
         inc.roots.append(root)
         inc.reports += 1
-        self._reported[root] = until
+        self._reported[root] = (until, inc.id)
         self._reported.move_to_end(root)
         while len(self._reported) > cfg.max_reported:
             self._reported.popitem(last=False)

@@ -356,8 +356,11 @@ class Simulator:
         wall0 = time.monotonic()
         t = self._now_s
         end = t + duration_s
+        t_start = t
         while t < end:
-            target = min(end, (time.monotonic() - wall0) * speed + t)
+            # at most one tick of simulated time per step, so on_tick runs regularly even when
+            # generation cannot keep up with `speed`
+            target = min(end, (time.monotonic() - wall0) * speed + t_start, t + speed * tick_s)
             if target > t:
                 self._generate(t, target)
                 t = target
