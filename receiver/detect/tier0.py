@@ -90,7 +90,8 @@ class DetectConfig(StageConfig):
     silence_min_expected: float = 10.0  # expected lines per window before an empty window is silence
     seq_min_support: int = 10  # occurrences of a context before its transitions are judged
     seq_smoothing: float = 0.5  # additive smoothing of transition probabilities
-    inv_templates: int = 24  # most frequent session templates whose count invariants are learned
+    inv_templates: int = 24  # per session, the most common templates whose pairs are counted
+    max_pairs_per_service: int = 20_000  # template pairs tracked for count invariants
     inv_min_support: int = 50  # sessions showing a template pair before its invariant is used
     inv_min_hold: float = 0.97  # an invariant must hold in this share of those sessions
     novel_info_prior: float = 0.35
@@ -110,7 +111,7 @@ class DetectConfig(StageConfig):
         require(isinstance(self.inv_min_hold, (int, float)) and 0.5 <= self.inv_min_hold < 1,
                 "detect.inv_min_hold", f"must be in [0.5, 1), got {self.inv_min_hold!r}")
         for key in ("warmup_windows", "warmup_sessions", "min_errors", "shift_min_count", "seq_min_support",
-                    "inv_templates", "inv_min_support",
+                    "inv_templates", "inv_min_support", "max_pairs_per_service",
                     "max_services", "max_templates_per_service", "max_transitions_per_service",
                     "max_evidence"):
             v = getattr(self, key)
@@ -249,10 +250,11 @@ class _Baseline:
         self.n_trans = 0
         self.silent = False  # a silence was reported and no line has arrived since (not persisted)
         self.sess_df: dict[int, int] = {}  # template -> sessions containing it (count invariants)
-        self.inv_top: list[int] = []  # templates whose pair invariants are tracked
-        # (a, b) -> [sessions with a or b, sessions with count(a) == count(b)]
-        self.inv_eq: dict[tuple[int, int], list[int]] = {}
-        self.inv_imp: dict[tuple[int, int], list[int]] = {}  # (a, b) -> [sessions with a, with a and b]
+        # (x, y), x < y -> [sessions with both, sessions with both and count(x) == count(y)]
+        self.pairs: dict[tuple[int, int], list[int]] = {}
+        # active invariants (rebuilt every 64 sessions): template -> partners
+        self.eq_by: dict[int, list[tuple[int, float, int, int]]] = {}  # x -> [(y, rate, hold, n)]
+        self.imp_by: dict[int, list[tuple[int, float, int, int]]] = {}  # a -> [(b, rate, hold, n)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -266,9 +268,7 @@ class _Baseline:
             "hist": [[k, v] for k, v in self.hist.items()],
             "trans": [[list(ctx), [[n, c] for n, c in nxt.items()]] for ctx, nxt in self.trans.items()],
             "sess_df": [[k, v] for k, v in self.sess_df.items()],
-            "inv_top": self.inv_top,
-            "inv_eq": [[a, b, n, h] for (a, b), (n, h) in self.inv_eq.items()],
-            "inv_imp": [[a, b, n, h] for (a, b), (n, h) in self.inv_imp.items()],
+            "pairs": [[x, y, n, h] for (x, y), (n, h) in self.pairs.items()],
         }
 
     @classmethod
@@ -288,9 +288,7 @@ class _Baseline:
             b.ctx_total[key] = sum(b.trans[key].values())
             b.n_trans += len(b.trans[key])
         b.sess_df = {int(k): int(v) for k, v in d.get("sess_df", [])}
-        b.inv_top = [int(x) for x in d.get("inv_top", [])]
-        b.inv_eq = {(int(a), int(bb)): [int(n), int(h)] for a, bb, n, h in d.get("inv_eq", [])}
-        b.inv_imp = {(int(a), int(bb)): [int(n), int(h)] for a, bb, n, h in d.get("inv_imp", [])}
+        b.pairs = {(int(x), int(y)): [int(n), int(h)] for x, y, n, h in d.get("pairs", [])}
         return b
 
 
@@ -457,39 +455,22 @@ class Tier0Detector:
         templates whose counts are equal in >= inv_min_hold of the sessions showing either, and
         templates that (almost) always come with another one. Confidence = the share of past
         sessions that obeyed the violated invariant."""
-        cfg = self.config
         c = w.template_counts
         worst: tuple[float, str, list[int]] | None = None
-        top = b.inv_top
-        present = [t for t in top if t in c]
-        # a broken equality needs at least one of the pair present; a broken implication needs `a`
-        for a in present:
-            ca = c[a]
-            for bb in top:
-                if bb == a:
-                    continue
-                cb = c.get(bb, 0)
-                if ca != cb and (cb == 0 or a < bb):  # each differing pair judged once
-                    key = (a, bb) if a < bb else (bb, a)
-                    n, h = b.inv_eq.get(key, (0, 0))
-                    if n >= cfg.inv_min_support and h / n >= cfg.inv_min_hold:
-                        rate = h / n
-                        if worst is None or rate > worst[0]:
-                            x, y = key
-                            worst = (rate, f"count(#{x}) = {c.get(x, 0)} but count(#{y}) = {c.get(y, 0)}; "
-                                     f"they were equal in {h} of {n} sessions ({rate:.1%})", [x, y])
-                if cb == 0:
-                    n, h = b.inv_imp.get((a, bb), (0, 0))
-                    if n >= cfg.inv_min_support and h / n >= cfg.inv_min_hold:
-                        rate = h / n
-                        if worst is None or rate > worst[0]:
-                            worst = (rate, f"#{a} occurred without #{bb}; they came together in {h} of {n} "
-                                     f"sessions ({rate:.1%})", [a, bb])
+        for x, cx in c.items():
+            for y, rate, h, n in b.eq_by.get(x, ()):
+                cy = c.get(y, 0)
+                if cx != cy and (cy == 0 or x < y) and (worst is None or rate > worst[0]):
+                    worst = (rate, f"count(#{x}) = {cx} but count(#{y}) = {cy}; they were equal in {h} "
+                             f"of {n} sessions showing either ({rate:.1%})", [x, y])
+            for y, rate, h, n in b.imp_by.get(x, ()):
+                if y not in c and (worst is None or rate > worst[0]):
+                    worst = (rate, f"#{x} occurred without #{y}; they came together in {h} of {n} "
+                             f"sessions ({rate:.1%})", [x, y])
         if worst is None:
             return None
         rate, why, tids = worst
-        names = "; ".join(f"#{t} = \"{w.templates.get(t, b.inv_top and '?')[:100]}\"" for t in tids
-                          if t in w.templates)
+        names = "; ".join(f"#{t} = \"{w.templates[t][:100]}\"" for t in tids if t in w.templates)
         return _Problem("sequence", rate, "medium",
                         f"session {w.key} ({w.count} lines) breaks a count invariant: {why}"
                         + (f" [{names}]" if names else ""), tids)
@@ -588,43 +569,57 @@ class Tier0Detector:
         if not cfg.inv_templates:
             return
         c = w.template_counts
-        grew = False
         for t in c:
             if t >= 0:
-                n = b.sess_df.get(t, 0)
-                grew = grew or n == 0
-                b.sess_df[t] = n + 1
+                b.sess_df[t] = b.sess_df.get(t, 0) + 1
         if len(b.sess_df) > cfg.max_templates_per_service:
             keep = sorted(b.sess_df.items(), key=lambda kv: -kv[1])[: cfg.max_templates_per_service]
             self.m_evicted.labels("session_templates").inc(len(b.sess_df) - len(keep))
             b.sess_df = dict(keep)
-        if b.sessions % 64 == 1 or (grew and len(b.inv_top) < cfg.inv_templates):
-            top = sorted(b.sess_df, key=lambda t: -b.sess_df[t])[: cfg.inv_templates]
-            if set(top) != set(b.inv_top):
-                keep_set = set(top)
-                b.inv_eq = {k: v for k, v in b.inv_eq.items() if k[0] in keep_set and k[1] in keep_set}
-                b.inv_imp = {k: v for k, v in b.inv_imp.items() if k[0] in keep_set and k[1] in keep_set}
-            b.inv_top = top
-        top = b.inv_top
-        present = [t for t in top if t in c]
-        pset = set(present)
-        for a in present:
-            ca = c[a]
-            for bb in top:
-                if bb == a:
-                    continue
-                if not (bb in pset and bb < a):  # a pair of two present templates is counted once
-                    key = (a, bb) if a < bb else (bb, a)
-                    st = b.inv_eq.get(key)
-                    if st is None:
-                        st = b.inv_eq[key] = [0, 0]
-                    st[0] += 1
-                    st[1] += ca == c.get(bb, 0)
-                st = b.inv_imp.get((a, bb))
+        present = [t for t in c if t >= 0]
+        if len(present) > cfg.inv_templates:
+            present = sorted(present, key=lambda t: -b.sess_df.get(t, 0))[: cfg.inv_templates]
+        present.sort()
+        pairs = b.pairs
+        for i, x in enumerate(present):
+            cx = c[x]
+            for y in present[i + 1:]:
+                st = pairs.get((x, y))
                 if st is None:
-                    st = b.inv_imp[(a, bb)] = [0, 0]
+                    st = pairs[(x, y)] = [0, 0]
                 st[0] += 1
-                st[1] += bb in pset
+                st[1] += cx == c[y]
+        if len(pairs) > cfg.max_pairs_per_service:
+            ranked = sorted(pairs.items(), key=lambda kv: kv[1][0])
+            drop = len(pairs) - cfg.max_pairs_per_service // 2
+            for k, _ in ranked[:drop]:
+                del pairs[k]
+            self.m_evicted.labels("pairs").inc(drop)
+        # the active set follows every session while the baseline is young (and the table small),
+        # then every 64 sessions (rates are stable by then; the rebuild is O(pairs))
+        young = b.sessions < 512 and len(pairs) <= 4096
+        if young or b.sessions % 64 == 0:
+            self._rebuild_invariants(b)
+
+    def _rebuild_invariants(self, b: _Baseline) -> None:
+        """Turn pair counts into the active invariants:
+        equal counts: sessions with both and equal / sessions with either (= df(x) + df(y) - both);
+        x implies y: sessions with both / df(x)."""
+        cfg = self.config
+        eq_by: dict[int, list[tuple[int, float, int, int]]] = {}
+        imp_by: dict[int, list[tuple[int, float, int, int]]] = {}
+        df = b.sess_df
+        for (x, y), (both, equal) in b.pairs.items():
+            dx, dy = df.get(x, 0), df.get(y, 0)
+            n_either = dx + dy - both
+            if n_either >= cfg.inv_min_support and equal / n_either >= cfg.inv_min_hold:
+                rate = equal / n_either
+                eq_by.setdefault(x, []).append((y, rate, equal, n_either))
+                eq_by.setdefault(y, []).append((x, rate, equal, n_either))
+            for a, bb, da in ((x, y, dx), (y, x, dy)):
+                if da >= cfg.inv_min_support and both / da >= cfg.inv_min_hold:
+                    imp_by.setdefault(a, []).append((bb, both / da, both, da))
+        b.eq_by, b.imp_by = eq_by, imp_by
 
     @staticmethod
     def _count(b: _Baseline, ctx: tuple[int, ...], nxt: int) -> None:
