@@ -92,6 +92,8 @@ class ServiceGraph:
         self._edges: dict[tuple[str, str, str], EdgeStats] = {}
         self._g = nx.DiGraph()  # nodes: kind, virtual; edges: "stats" {connection_type: EdgeStats}
         self._deferred: list[tuple[Any, list, bytes]] = []  # client halves whose attributes are unread
+        self._obs: dict[tuple[str, str, str], list] = {}  # calls not yet folded into their edges
+        self._obs_kinds: dict[tuple[str, str, str], tuple[str, str]] = {}  # node kinds of those edges
         # self-telemetry (plain ints, exported at scrape time)
         self.completed_calls = 0  # calls recorded on an edge
         self.paired_calls = 0  # ... of which had both halves (of removed edges; see stats())
@@ -124,14 +126,13 @@ class ServiceGraph:
         dexp = now + cfg.dedupe_ttl_s
         max_items = cfg.store_max_items
         dedupe_max = cfg.dedupe_max_items
-        edges = self._edges
-        new_edge = self._new_edge
-        dup = dropped = invalid = skipped = ncalls = 0
+        dup = dropped = invalid = skipped = 0
         deferred: list[tuple[Any, list, bytes]] = []
         # the previous request's unresolved client halves (see the end of consume_traces)
         with self._lock:
             pending = self._pending
             done = self._done
+            obs = self._obs  # edge key -> calls of this request, folded into the edges at the end
             for rs in request.resource_spans:
                 svc = ""
                 for kv in rs.resource.attributes:
@@ -172,34 +173,26 @@ class ServiceGraph:
                                 done[key] = dexp
                                 end = span.end_time_unix_nano
                                 lat = (end - span.start_time_unix_nano) / 1e9
-                                ct = CT_MESSAGING if kind == _PRODUCER else e[_CTYPE]
-                                ek = (svc, e[_S_SVC], ct)
-                                st = edges.get(ek)
-                                if st is None:
-                                    st = new_edge(ek, "service", "service")
-                                if st is not None:
-                                    st.add(lat if lat > 0.0 else 0.0, e[_S_LAT],
-                                           e[_FAILED] or span.status.code == _STATUS_ERROR, True, end, now)
-                                    ncalls += 1
+                                ek = (svc, e[_S_SVC], CT_MESSAGING if kind == _PRODUCER else e[_CTYPE])
+                                calls = obs.get(ek)
+                                if calls is None:
+                                    calls = obs[ek] = []
+                                calls.append((lat if lat > 0.0 else 0.0, e[_S_LAT],
+                                              e[_FAILED] or span.status.code == _STATUS_ERROR, True, end))
                             else:  # this client half is already waiting
                                 dup += 1
                         elif kind == _SERVER or kind == _CONSUMER:
                             if kind == _CONSUMER and len(span.links):
-                                r = self._linked_consumer(span, svc, exp, dexp, now)
-                                if r >= 0:
-                                    ncalls += r
-                                elif r == _FULL:
+                                r = self._linked_consumer(span, svc, exp, dexp)
+                                if r == _FULL:
                                     dropped += 1
-                                else:
+                                elif r == _DUPLICATE:
                                     dup += 1
                                 continue
                             parent = span.parent_span_id
                             if not parent:
-                                r = self._root_server(span, svc, dexp, now)
-                                if r == _DUPLICATE:
+                                if self._root_server(span, svc, dexp) == _DUPLICATE:
                                     dup += 1
-                                else:
-                                    ncalls += r
                                 continue
                             key = span.trace_id + parent
                             if len(key) != 24:
@@ -223,55 +216,70 @@ class ServiceGraph:
                                 del pending[key]
                                 done[key] = dexp
                                 lat = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
-                                ct = CT_MESSAGING if kind == _CONSUMER else e[_CTYPE]
-                                ek = (e[_C_SVC], svc, ct)
-                                st = edges.get(ek)
-                                if st is None:
-                                    st = new_edge(ek, "service", "service")
-                                if st is not None:
-                                    st.add(e[_C_LAT], lat if lat > 0.0 else 0.0,
-                                           e[_FAILED] or span.status.code == _STATUS_ERROR, True, e[_C_END],
-                                           now)
-                                    ncalls += 1
+                                ek = (e[_C_SVC], svc, CT_MESSAGING if kind == _CONSUMER else e[_CTYPE])
+                                calls = obs.get(ek)
+                                if calls is None:
+                                    calls = obs[ek] = []
+                                calls.append((e[_C_LAT], lat if lat > 0.0 else 0.0,
+                                              e[_FAILED] or span.status.code == _STATUS_ERROR, True,
+                                              e[_C_END]))
                             else:  # a server half for this client span already waits (a duplicate,
                                 dup += 1  # or a second server span for one client span: ignored)
             # Client halves of the previous request still unpaired: read their attributes now
             # (database shortcut, peer name). This request's wait for the next one: a partner half
             # in the next batch saves the read (~1-2 us/span). Only one request is held this way.
             if self._deferred:
-                ncalls += self._resolve_clients(self._deferred, dexp, now)
+                self._resolve_clients(self._deferred, dexp)
             self._deferred = deferred
+            self._fold(now)
             if len(done) > dedupe_max:
                 self._evict_done()
-            self.completed_calls += ncalls
             self.duplicate_spans += dup
             self.dropped_spans["store_full"] += dropped
             self.dropped_spans["invalid_id"] += invalid
             self.skipped_spans += skipped
 
-    def _root_server(self, span: Any, svc: str, dexp: float, now: float) -> int:
+    def _root_server(self, span: Any, svc: str, dexp: float) -> int:
         """A root SERVER/CONSUMER span never pairs: its caller is outside, a `user` (lock held).
-        Returns 1 when a call was recorded, 0 when not, _DUPLICATE for a duplicate."""
+        Returns _DUPLICATE for a span seen before, else 0."""
         key = span.trace_id + span.span_id
         if key in self._done:
             return _DUPLICATE
         self._done[key] = dexp
-        if not self.config.virtual_nodes:
-            return 0
-        end = span.end_time_unix_nano
-        lat = max(0.0, (end - span.start_time_unix_nano) / 1e9)
-        ok = self._complete("user", svc, lat, lat, span.status.code == _STATUS_ERROR, CT_VIRTUAL, end, False,
-                            "user", "service", now)
-        return 1 if ok else 0
+        if self.config.virtual_nodes:
+            end = span.end_time_unix_nano
+            lat = max(0.0, (end - span.start_time_unix_nano) / 1e9)
+            self._complete("user", svc, lat, lat, span.status.code == _STATUS_ERROR, CT_VIRTUAL, end, False,
+                           "user", "service")
+        return 0
 
     def _settle(self) -> None:
         """Resolve the deferred client halves now (lock held): before reads, expiry and flush."""
         if self._deferred:
             d, self._deferred = self._deferred, []
-            self.completed_calls += self._resolve_clients(d, self._clock() + self.config.dedupe_ttl_s,
-                                                          self._clock())
+            now = self._clock()
+            self._resolve_clients(d, now + self.config.dedupe_ttl_s)
+            self._fold(now)
 
-    def _resolve_clients(self, deferred: list[tuple[Any, list, bytes]], dexp: float, now: float) -> int:
+    def _fold(self, now: float) -> None:
+        """Fold the calls collected since the last fold into their edges (lock held); a call whose
+        edge is new and over the edge or node cap is dropped and counted."""
+        obs, self._obs = self._obs, {}
+        if not obs:
+            return
+        kinds, self._obs_kinds = self._obs_kinds, {}
+        edges = self._edges
+        for ek, calls in obs.items():
+            st = edges.get(ek)
+            if st is None:
+                ck, sk = kinds.get(ek, ("service", "service"))
+                st = self._new_edge(ek, ck, sk, len(calls))
+                if st is None:
+                    continue
+            st.add_many(calls, now)
+            self.completed_calls += len(calls)
+
+    def _resolve_clients(self, deferred: list[tuple[Any, list, bytes]], dexp: float) -> None:
         """Client/producer halves still waiting at the end of their request (lock held).
 
         A CLIENT span with a database attribute completes a `database` edge now. Otherwise the span
@@ -279,7 +287,6 @@ class ServiceGraph:
         ~250 ns per attribute, serializing a whole span less than three attributes' worth); its peer
         attributes are read only if the entry expires and needs a virtual node name."""
         pending = self._pending
-        n = 0
         for span, e, sk in deferred:
             if e[_S_SVC] is not None or pending.get(sk) is not e:
                 continue  # paired later in the same request
@@ -290,12 +297,10 @@ class ServiceGraph:
                     del pending[sk]
                     self._done[sk] = dexp
                     lat = e[_C_LAT]
-                    if self._complete(e[_C_SVC], self._peer_name(peers), lat, lat, e[_FAILED], CT_DATABASE,
-                                      e[_C_END], False, "service", "database", now):
-                        n += 1
+                    self._complete(e[_C_SVC], self._peer_name(peers), lat, lat, e[_FAILED], CT_DATABASE,
+                                   e[_C_END], False, "service", "database")
                     continue
             e[_PEERS] = raw
-        return n
 
     def _peers(self, span: Any) -> dict[str, str] | None:
         """The configured database/peer attributes present on a span (string values only)."""
@@ -312,9 +317,9 @@ class ServiceGraph:
                         peers[k] = v
         return peers
 
-    def _linked_consumer(self, span: Any, svc: str, exp: float, dexp: float, now: float) -> int:
+    def _linked_consumer(self, span: Any, svc: str, exp: float, dexp: float) -> int:
         """A CONSUMER span with links pairs with each linked PRODUCER span, keyed on the link's
-        (trace id, span id) (lock held). Returns the calls recorded, or _DUPLICATE when every link
+        (trace id, span id) (lock held). Returns the calls completed, or _DUPLICATE when every link
         was seen before, or _FULL when an entry was needed and the store was full."""
         pending = self._pending
         done = self._done
@@ -339,9 +344,9 @@ class ServiceGraph:
             elif e[_S_SVC] is None:
                 del pending[key]
                 done[key] = dexp
-                if self._complete(e[_C_SVC], svc, e[_C_LAT], lat, failed or e[_FAILED], CT_MESSAGING,
-                                  e[_C_END], True, "service", "service", now):
-                    n += 1
+                self._complete(e[_C_SVC], svc, e[_C_LAT], lat, failed or e[_FAILED], CT_MESSAGING,
+                               e[_C_END], True, "service", "service")
+                n += 1
             else:
                 seen += 1  # this consumer half already waits
         if seen and seen == len(keys):
@@ -364,28 +369,29 @@ class ServiceGraph:
         return "unknown"
 
     def _complete(self, client: str, server: str, client_lat: float, server_lat: float, failed: bool,
-                  ctype: str, event_ns: int, paired: bool, client_kind: str, server_kind: str,
-                  now: float) -> bool:
-        """Record one call on its edge (lock held). False when a cap refused a new edge."""
+                  ctype: str, event_ns: int, paired: bool, client_kind: str, server_kind: str) -> None:
+        """Collect one call for its edge (lock held); `_fold` records it."""
         key = (client, server, ctype)
-        st = self._edges.get(key)
-        if st is None:
-            st = self._new_edge(key, client_kind, server_kind)
-            if st is None:
-                return False
-        st.add(client_lat, server_lat, failed, paired, event_ns, now)
-        return True
+        calls = self._obs.get(key)
+        if calls is None:
+            calls = self._obs[key] = []
+            if client_kind != "service" or server_kind != "service":
+                self._obs_kinds[key] = (client_kind, server_kind)
+        calls.append((client_lat, server_lat, failed, paired, event_ns))
 
-    def _new_edge(self, key: tuple[str, str, str], client_kind: str, server_kind: str) -> EdgeStats | None:
+    def _new_edge(self, key: tuple[str, str, str], client_kind: str, server_kind: str,
+                  n_calls: int) -> EdgeStats | None:
+        """Add an edge (and its nodes) unless a cap forbids it: then its `n_calls` calls are counted
+        as dropped and None is returned (lock held)."""
         cfg = self.config
         if len(self._edges) >= cfg.max_edges:
-            self.dropped_calls["edge_cap"] += 1
+            self.dropped_calls["edge_cap"] += n_calls
             return None
         g = self._g
         client, server, ctype = key
         new_nodes = (client not in g) + (server not in g and server != client)
         if new_nodes and g.number_of_nodes() + new_nodes > cfg.max_nodes:
-            self.dropped_calls["node_cap"] += 1
+            self.dropped_calls["node_cap"] += n_calls
             return None
         for name, kind in ((client, client_kind), (server, server_kind)):
             if name in g:
@@ -463,9 +469,9 @@ class ServiceGraph:
             server_kind = "messaging" if e[_PRODUCER_F] else "virtual"
             lat = e[_C_LAT]
             self._done[k] = forget  # a retried copy of this client span must not count again
-            if self._complete(e[_C_SVC], server, lat, lat, e[_FAILED], CT_VIRTUAL, e[_C_END], False,
-                              "service", server_kind, stamp):
-                self.completed_calls += 1
+            self._complete(e[_C_SVC], server, lat, lat, e[_FAILED], CT_VIRTUAL, e[_C_END], False,
+                           "service", server_kind)
+        self._fold(stamp)
         return len(old)
 
     def _expire_stale(self, now: float) -> None:

@@ -62,7 +62,7 @@ class EdgeStats:
     __slots__ = (
         "client", "server", "connection_type", "calls", "errors",
         "client_counts", "server_counts", "client_sum", "server_sum", "client_max", "server_max",
-        "paired", "gap_sum", "first_seen", "last_seen", "updated", "series", "late_events", "_cfg",
+        "paired", "gap_sum", "first_ns", "last_ns", "updated", "series", "late_events", "_cfg",
     )
 
     def __init__(self, client: str, server: str, connection_type: str,
@@ -83,8 +83,8 @@ class EdgeStats:
         self.server_max = 0.0
         self.paired = 0
         self.gap_sum = 0.0
-        self.first_seen = 0.0  # event time (unix seconds) of the earliest call
-        self.last_seen = 0.0  # event time of the latest call
+        self.first_ns = 0  # event time (unix ns) of the earliest call
+        self.last_ns = 0  # event time of the latest call
         self.updated = 0.0  # wall clock of the last call recorded (staleness)
         # Event-time series: a ring of max_buckets slots of _SLOT doubles each, allocated on the
         # first call: [bucket index, calls, errors, client_sum, server_sum, paired, gap_sum]; bucket
@@ -92,57 +92,84 @@ class EdgeStats:
         self.series: array | None = None
         self.late_events = 0  # events older than the slot's current bucket (not in the series)
 
+    @property
+    def first_seen(self) -> float:
+        return self.first_ns / 1e9
+
+    @property
+    def last_seen(self) -> float:
+        return self.last_ns / 1e9
+
     def add(self, client_lat: float, server_lat: float, failed: bool, paired: bool, event_ns: int,
             now: float) -> None:
         """Record one call: latencies in seconds, event time = end of the client span (unix ns)."""
-        bounds, bucket_ns, max_buckets = self._cfg
-        self.calls += 1
-        i = bisect_left(bounds, client_lat)
-        self.client_counts[i] += 1
-        if i == len(bounds) and client_lat > self.client_max:  # the max only matters above the bounds
-            self.client_max = client_lat
-        i = bisect_left(bounds, server_lat)
-        self.server_counts[i] += 1
-        if i == len(bounds) and server_lat > self.server_max:
-            self.server_max = server_lat
-        self.client_sum += client_lat
-        self.server_sum += server_lat
-        ev = event_ns / 1e9
-        if ev > self.last_seen:
-            self.last_seen = ev
-            if self.calls == 1:
-                self.first_seen = ev
-        elif ev < self.first_seen or self.calls == 1:
-            self.first_seen = ev
+        self.add_many([(client_lat, server_lat, failed, paired, event_ns)], now)
+
+    def add_many(self, calls: list[tuple[float, float, bool, bool, int]], now: float) -> None:
+        """Record calls given as (client latency s, server latency s, failed, paired, event ns)
+        tuples: one loop over locals, aggregating per event-time bucket first (a batch rarely spans
+        more than one or two buckets), then the totals and the ring from those aggregates."""
+        if not calls:
+            return
+        bounds, bucket_ns, nb = self._cfg
+        top = len(bounds)
+        cc, sc = self.client_counts, self.server_counts
+        cmax, smax = self.client_max, self.server_max
+        first, last = self.first_ns, self.last_ns
+        if self.calls == 0:
+            first = last = calls[0][4]
+        agg: dict[int, list] = {}
+        for cl, sl, failed, is_paired, end in calls:
+            i = bisect_left(bounds, cl)
+            cc[i] += 1
+            if i == top and cl > cmax:
+                cmax = cl
+            i = bisect_left(bounds, sl)
+            sc[i] += 1
+            if i == top and sl > smax:
+                smax = sl
+            if end > last:
+                last = end
+            elif end < first:
+                first = end
+            idx = end // bucket_ns
+            b = agg.get(idx)
+            if b is None:
+                b = agg[idx] = [0, 0, 0.0, 0.0, 0, 0.0]
+            b[0] += 1
+            b[2] += cl
+            b[3] += sl
+            if failed:
+                b[1] += 1
+            if is_paired:
+                b[4] += 1
+                b[5] += cl - sl
+        self.client_max, self.server_max = cmax, smax
+        self.first_ns, self.last_ns = first, last
+        self.calls += len(calls)
         self.updated = now
         ring = self.series
         if ring is None:
-            ring = self.series = array("d", _EMPTY_SLOT) * max_buckets
-        idx = event_ns // bucket_ns
-        j = (idx % max_buckets) * _SLOT
-        cur = ring[j]
-        if cur != idx:
-            if idx < cur:  # older than the series reaches back
-                self.late_events += 1
-                if failed:
-                    self.errors += 1
-                if paired:
-                    self.paired += 1
-                    self.gap_sum += client_lat - server_lat
-                return
-            ring[j:j + _SLOT] = _empty_slot(idx)
-        ring[j + 1] += 1
-        ring[j + 3] += client_lat
-        ring[j + 4] += server_lat
-        if failed:
-            self.errors += 1
-            ring[j + 2] += 1
-        if paired:
-            gap = client_lat - server_lat
-            self.paired += 1
-            self.gap_sum += gap
-            ring[j + 5] += 1
-            ring[j + 6] += gap
+            ring = self.series = array("d", _EMPTY_SLOT) * nb
+        for idx, b in agg.items():
+            self.errors += b[1]
+            self.client_sum += b[2]
+            self.server_sum += b[3]
+            self.paired += b[4]
+            self.gap_sum += b[5]
+            j = (idx % nb) * _SLOT
+            cur = ring[j]
+            if cur != idx:
+                if idx < cur:  # older than the series reaches back: in the totals only
+                    self.late_events += b[0]
+                    continue
+                ring[j:j + _SLOT] = _empty_slot(idx)
+            ring[j + 1] += b[0]
+            ring[j + 2] += b[1]
+            ring[j + 3] += b[2]
+            ring[j + 4] += b[3]
+            ring[j + 5] += b[4]
+            ring[j + 6] += b[5]
 
     def merge_into(self, other: EdgeStats) -> None:
         """Add this edge's counters into `other` (used to fold connection types for the DiGraph)."""
@@ -157,10 +184,10 @@ class EdgeStats:
         other.paired += self.paired
         other.gap_sum += self.gap_sum
         if other.calls == self.calls:  # other was empty
-            other.first_seen, other.last_seen = self.first_seen, self.last_seen
+            other.first_ns, other.last_ns = self.first_ns, self.last_ns
         else:
-            other.first_seen = min(other.first_seen, self.first_seen)
-            other.last_seen = max(other.last_seen, self.last_seen)
+            other.first_ns = min(other.first_ns, self.first_ns)
+            other.last_ns = max(other.last_ns, self.last_ns)
         other.updated = max(other.updated, self.updated)
         other.late_events += self.late_events
 
