@@ -98,7 +98,7 @@ class LlmConfig(StageConfig):
     # cascade
     sample_rate: float = 0.01  # share of unflagged windows sent to tier 1 (scaled down under load)
     incident_followup_s: float = 120.0  # after a flagged window, this service's windows all go to tier 1
-    incident_followup_max: int = 10  # ... but at most this many unflagged windows per incident
+    incident_followup_max: int = 3  # ... but at most this many unflagged windows per incident
     tier2_min_severity: str = "high"  # tier 1 at or above this severity escalates to tier 2
     tier2_below_confidence: float = 0.6  # ... and so does tier 1 below this confidence
     strong_evidence_score: float = 0.8  # tier-0 score from which an LLM "normal" cannot erase a finding

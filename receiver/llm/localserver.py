@@ -160,6 +160,7 @@ class LocalModelServer:
                 alive = p is not None and p.poll() is None
                 if alive and health_ok(self._port, timeout=5.0):
                     misses = 0
+                    backoff = self.config.restart_backoff_s  # healthy again: next crash starts over
                     self._healthy = True
                     self._m.local_up.set(1)
                     continue
