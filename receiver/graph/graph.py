@@ -38,9 +38,7 @@ from itertools import islice
 from typing import Any
 
 import networkx as nx
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry
 
 from receiver.graph.config import GraphConfig
@@ -63,7 +61,7 @@ _STATUS_ERROR = 2
 _DUPLICATE, _FULL = -1, -2  # results of the helpers for the rarer span shapes
 
 # pending entry layout (a list, mutated in place when the second half arrives)
-_C_SVC, _S_SVC, _C_LAT, _S_LAT, _FAILED, _CTYPE, _EXP, _PEERS, _C_END, _S_END, _PRODUCER_F = range(11)
+_C_SVC, _S_SVC, _C_LAT, _S_LAT, _FAILED, _CTYPE, _EXP, _PEERS, _C_END, _PRODUCER_F = range(10)
 
 
 class ServiceGraph:
@@ -150,14 +148,14 @@ class ServiceGraph:
                         kind = span.kind
                         if kind == _CLIENT or kind == _PRODUCER:
                             key = span.trace_id + span.span_id
-                            if len(key) != 24:
-                                invalid += 1
-                                continue
-                            if key in done:
-                                dup += 1
-                                continue
                             e = pending.get(key)
                             if e is None:
+                                if key in done:
+                                    dup += 1
+                                    continue
+                                if len(key) != 24:
+                                    invalid += 1
+                                    continue
                                 if len(pending) >= max_items:
                                     dropped += 1
                                     continue
@@ -166,7 +164,7 @@ class ServiceGraph:
                                 e = pending[key] = [svc, None, lat if lat > 0.0 else 0.0,
                                                     0.0, span.status.code == _STATUS_ERROR,
                                                     CT_MESSAGING if kind == _PRODUCER else CT_NONE,
-                                                    exp, None, end, 0, kind == _PRODUCER]
+                                                    exp, None, end, kind == _PRODUCER]
                                 deferred.append((span, e, key))
                             elif e[_C_SVC] is None:  # the server half waits: complete the call
                                 del pending[key]
@@ -195,14 +193,14 @@ class ServiceGraph:
                                     dup += 1
                                 continue
                             key = span.trace_id + parent
-                            if len(key) != 24:
-                                invalid += 1
-                                continue
-                            if key in done:
-                                dup += 1
-                                continue
                             e = pending.get(key)
                             if e is None:
+                                if key in done:
+                                    dup += 1
+                                    continue
+                                if len(key) != 24:
+                                    invalid += 1
+                                    continue
                                 if len(pending) >= max_items:
                                     dropped += 1
                                     continue
@@ -211,7 +209,7 @@ class ServiceGraph:
                                 pending[key] = [None, svc, 0.0, lat if lat > 0.0 else 0.0,
                                                 span.status.code == _STATUS_ERROR,
                                                 CT_MESSAGING if kind == _CONSUMER else CT_NONE,
-                                                exp, None, 0, end, False]
+                                                exp, None, 0, False]
                             elif e[_S_SVC] is None:  # the client half waits: complete the call
                                 del pending[key]
                                 done[key] = dexp
@@ -280,42 +278,37 @@ class ServiceGraph:
             self.completed_calls += len(calls)
 
     def _resolve_clients(self, deferred: list[tuple[Any, list, bytes]], dexp: float) -> None:
-        """Client/producer halves still waiting at the end of their request (lock held).
-
-        A CLIENT span with a database attribute completes a `database` edge now. Otherwise the span
-        is kept serialized in its store entry (iterating attributes through the protobuf API costs
-        ~250 ns per attribute, serializing a whole span less than three attributes' worth); its peer
-        attributes are read only if the entry expires and needs a virtual node name."""
+        """Client/producer halves still waiting a request after their own (lock held): read their
+        attributes. A CLIENT span with a database attribute completes a `database` edge; otherwise
+        the callee name for a virtual node is kept in the entry should it expire."""
         pending = self._pending
         for span, e, sk in deferred:
             if e[_S_SVC] is not None or pending.get(sk) is not e:
-                continue  # paired later in the same request
-            raw = span.SerializeToString()
-            if b"db." in raw and not e[_PRODUCER_F]:
-                peers = self._peers(span)
-                if peers is not None and not self._db_set.isdisjoint(peers):
-                    del pending[sk]
-                    self._done[sk] = dexp
-                    lat = e[_C_LAT]
-                    self._complete(e[_C_SVC], self._peer_name(peers), lat, lat, e[_FAILED], CT_DATABASE,
-                                   e[_C_END], False, "service", "database")
-                    continue
-            e[_PEERS] = raw
+                continue  # paired meanwhile
+            is_db, name = self._scan(span)
+            if is_db and not e[_PRODUCER_F]:
+                del pending[sk]
+                self._done[sk] = dexp
+                lat = e[_C_LAT]
+                self._complete(e[_C_SVC], name, lat, lat, e[_FAILED], CT_DATABASE, e[_C_END], False,
+                               "service", "database")
+            else:
+                e[_PEERS] = name
 
-    def _peers(self, span: Any) -> dict[str, str] | None:
-        """The configured database/peer attributes present on a span (string values only)."""
-        interesting = self._interesting
-        peers = None
-        for kv in span.attributes:
-            k = kv.key
-            if k in interesting:
-                v = kv.value.string_value
-                if v:
-                    if peers is None:
-                        peers = {k: v}
-                    else:
-                        peers[k] = v
-        return peers
+    def _scan(self, span: Any) -> tuple[bool, str]:
+        """(has a database attribute, callee name = first `peer_attributes` string value or
+        "unknown"). Reads every key but only the one value it needs: through the protobuf API an
+        attribute costs ~250 ns for its key and as much again for its value."""
+        attrs = span.attributes
+        keys = [kv.key for kv in attrs]
+        is_db = not self._db_set.isdisjoint(keys)
+        if not self._interesting.isdisjoint(keys):
+            for k in self._peer_attrs + self._db_attrs if is_db else self._peer_attrs:
+                if k in keys:
+                    v = attrs[keys.index(k)].value.string_value
+                    if v:
+                        return is_db, v
+        return is_db, "unknown"
 
     def _linked_consumer(self, span: Any, svc: str, exp: float, dexp: float) -> int:
         """A CONSUMER span with links pairs with each linked PRODUCER span, keyed on the link's
@@ -340,7 +333,7 @@ class ServiceGraph:
                 if len(pending) >= self.config.store_max_items:
                     full = True
                     continue
-                pending[key] = [None, svc, 0.0, lat, failed, CT_MESSAGING, exp, None, 0, end, False]
+                pending[key] = [None, svc, 0.0, lat, failed, CT_MESSAGING, exp, None, 0, False]
             elif e[_S_SVC] is None:
                 del pending[key]
                 done[key] = dexp
@@ -352,21 +345,6 @@ class ServiceGraph:
         if seen and seen == len(keys):
             return _DUPLICATE
         return _FULL if full and not n else n
-
-    def _peer_name(self, peers: dict[str, str] | bytes | None) -> str:
-        """The callee's name for a database edge or a virtual node: the first `peer_attributes`
-        value, else "unknown". `peers` may be a serialized Span (see `_resolve_clients`)."""
-        if isinstance(peers, bytes):
-            try:
-                peers = self._peers(Span.FromString(peers))
-            except DecodeError:
-                peers = None
-        if peers:
-            for k in self._peer_attrs:
-                v = peers.get(k)
-                if v:
-                    return v
-        return "unknown"
 
     def _complete(self, client: str, server: str, client_lat: float, server_lat: float, failed: bool,
                   ctype: str, event_ns: int, paired: bool, client_kind: str, server_kind: str) -> None:
@@ -465,7 +443,7 @@ class ServiceGraph:
                 continue
             if not self.config.virtual_nodes:
                 continue
-            server = self._peer_name(e[_PEERS])
+            server = e[_PEERS] or "unknown"
             server_kind = "messaging" if e[_PRODUCER_F] else "virtual"
             lat = e[_C_LAT]
             self._done[k] = forget  # a retried copy of this client span must not count again
