@@ -460,3 +460,51 @@ def test_lifecycle_idempotent() -> None:
     g.start()
     g.shutdown()
     g.shutdown()
+
+
+def test_lone_producer_and_bare_database_span_name_their_nodes() -> None:
+    s = Services("checkout")
+    co = s.tracers["checkout"]
+    with co.start_as_current_span("POST /place", kind=SpanKind.INTERNAL):
+        with co.start_as_current_span("publish audit", kind=SpanKind.PRODUCER,
+                                      attributes={"messaging.system": "kafka",
+                                                  "messaging.destination.name": "audit-log"}):
+            pass
+        with co.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes={"db.system": "redis"}) as c:
+            c.set_status(Status(StatusCode.ERROR))
+        with co.start_as_current_span("call", kind=SpanKind.CLIENT, attributes={"rpc.service": "Geo"}):
+            pass
+    g = build()
+    g.consume_traces(s.request("checkout"))
+    edges = edges_by_key(g.snapshot())  # the database edge is there at once, the others wait
+    assert set(edges) == {("checkout", "redis", "database")} and edges[("checkout", "redis", "database")][
+        "errors"] == 1
+    g.flush()
+    snap = g.snapshot()
+    assert set(edges_by_key(snap)) == {("checkout", "redis", "database"),
+                                       ("checkout", "audit-log", "virtual_node"),
+                                       ("checkout", "Geo", "virtual_node")}
+    kinds = {n["id"]: n["kind"] for n in snap["nodes"]}
+    assert kinds == {"checkout": "service", "redis": "database", "audit-log": "messaging", "Geo": "virtual"}
+
+
+def test_a_service_named_like_a_virtual_node_is_a_service() -> None:
+    s = Services("frontend", "geo-api")
+    fe, geo = s.tracers["frontend"], s.tracers["geo-api"]
+    with fe.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes={"peer.service": "geo-api"}):
+        pass
+    g = build()
+    g.consume_traces(s.request("frontend"))
+    g.flush()
+    assert {n["id"]: n["virtual"] for n in g.snapshot()["nodes"]} == {"frontend": False, "geo-api": True}
+    with fe.start_as_current_span("GET", kind=SpanKind.CLIENT):
+        with geo.start_as_current_span("GET /geo", kind=SpanKind.SERVER):
+            pass
+    g.consume_traces(s.request("frontend", "geo-api"))  # geo-api now reports its own spans
+    snap = g.snapshot()
+    assert {n["id"]: (n["kind"], n["virtual"]) for n in snap["nodes"]} == {
+        "frontend": ("service", False), "geo-api": ("service", False)}
+    assert set(edges_by_key(snap)) == {("frontend", "geo-api", "virtual_node"), ("frontend", "geo-api", "")}
+    d = g.digraph()
+    assert d.edges["frontend", "geo-api"]["calls"] == 2
+    assert d.edges["frontend", "geo-api"]["connection_types"] == ["", "virtual_node"]
