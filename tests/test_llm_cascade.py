@@ -460,3 +460,22 @@ def test_corrupt_or_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     missing = ModelSpec("m.gguf", 10, "0" * 64, "llafakechunk_missing", 2)
     with pytest.raises(ModelNotInstalledError, match=r"not installed.*make setup-local"):
         ensure_model(tmp_path / "cache", missing)
+
+
+# -- eval mode ------------------------------------------------------------------------------------
+def test_eval_mode_reports_cascade_beside_tier0_and_naive() -> None:
+    from receiver.llm.evalmode import run_cascade_eval
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    bgl = data / "anomaly" / "BGL_half1" / "BGL_half1.log"
+    assert bgl.is_file(), f"dataset missing: {bgl}"
+    with FakeLlmServer([("ok", ANOMALY)]) as srv:
+        res = run_cascade_eval(bgl, srv.url, 3600.0)
+    t0, c, n = res["tier0"], res["cascade"], res["naive"]
+    assert t0["items"] == c["windows"] == 160
+    assert c["llm_calls"] == srv.calls > 0
+    assert c["tokens"] == 120 * srv.calls  # the server's usage, summed
+    assert c["llm_calls"] + c["cache_hits"] == c["analysed"]
+    assert n["llm_calls"] == 160 and n["tokens"] > 50 * c["tokens"]
+    assert res["token_reduction_vs_naive"] > 0.95
+    assert c["tp"] >= t0["tp"]  # an always-"anomaly" LLM can only confirm tier 0's true positives
