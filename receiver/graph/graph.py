@@ -9,8 +9,12 @@ Pairing follows the Collector's servicegraph connector and Tempo's service-graph
 * PRODUCER or CONSUMER on either side makes the edge `messaging_system`; a CONSUMER span with span
   links pairs through each link's (trace id, span id) instead of its parent (messaging semconv says
   links are the default correlation; contrib PR 48782 does the same);
-* a CLIENT span with a database attribute (`database_name_attributes`) completes a `database` edge at
-  once, the callee named by the first `peer_attributes` value, with server latency = client latency;
+* a CLIENT span with a database attribute (`database_name_attributes`) completes a `database` edge
+  without waiting for a server span, the callee named by the first `peer_attributes` value (else the
+  first database attribute value), with server latency = client latency. Reading attributes is the
+  costliest step, so it happens only for client halves still unpaired after the NEXT request (or at
+  the next read, expiry or flush, so at most `expiry_interval_s` later); a client span whose server
+  span shows up by then (an instrumented database proxy) is a normal edge;
 * a root SERVER / CONSUMER span (no parent, no links) can never pair, so it completes a
   `virtual_node` edge from `user` at once (the connector waits for the TTL to do the same);
 * an entry not paired within `store_ttl_s` (wall clock) expires: a lone client half becomes a
@@ -19,9 +23,12 @@ Pairing follows the Collector's servicegraph connector and Tempo's service-graph
 * the store holds at most `store_max_items`; a span that needs a new entry while it is full is
   dropped and counted (`servicegraph_dropped_spans_total{reason="store_full"}`).
 
-Duplicates (OTLP retries resend whole batches) are suppressed with a done-set of the pairing keys
-bounded by `dedupe_ttl_s` and `dedupe_max_items` (oldest evicted first, counted). A span's kind is
-not part of the key: a span has exactly one kind.
+Duplicates (OTLP retries resend whole batches) never count twice: a half whose key already waits in
+the store is a duplicate, and the pairing keys of recorded or expired calls are kept in a done-set
+bounded by `dedupe_ttl_s` and `dedupe_max_items` (oldest evicted first, counted). One key per call
+instead of one per span: (trace id, client span id) is the client's own id and the server's parent
+id. Consequence: a second SERVER span under one CLIENT span counts as a duplicate (the connector
+pairs only one of them too).
 
 All state is guarded by one lock taken once per request, so `consume_traces` (worker thread),
 `snapshot()` / `digraph()` (API thread) and the expiry loop can run concurrently.
@@ -113,11 +120,10 @@ class ServiceGraph:
 
     # ------------------------------------------------------------------ ingest (hot path)
     def consume_traces(self, request: ExportTraceServiceRequest) -> None:
-        # The hot path: 6-7 protobuf field reads per client/server span, 2-3 dict operations, no
-        # allocation beyond the key bytes and the pending entry. Attributes are read only for
-        # client/producer halves still unpaired at the end of the request (database shortcut, peer
-        # name). Duplicate suppression: a half already waiting in the store is recognised there; a
-        # key whose call was recorded (or expired) is in `_done`.
+        # The hot path: 6-7 protobuf field reads per client/server span, 2-3 dict operations, one
+        # small tuple per call. Calls are collected per edge and folded into the edge statistics at
+        # the end of the request; attributes are read only for client/producer halves still
+        # unpaired one request later (`_resolve_clients`).
         cfg = self.config
         now = self._clock()
         exp = now + cfg.store_ttl_s
@@ -400,7 +406,7 @@ class ServiceGraph:
 
     # ------------------------------------------------------------------ expiry
     def expire(self, now_s: float | None = None) -> int:
-        """Expire unpaired store entries past their TTL, old seen-set entries and stale edges.
+        """Expire unpaired store entries past their TTL, old done-set keys and stale edges.
         `now_s` is wall-clock unix seconds (default: now). Returns the number of expired store entries."""
         now = self._clock() if now_s is None else now_s
         with self._lock:
