@@ -101,7 +101,6 @@ class OtlpReceiver:
         cfg = self.config
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", cfg.max_recv_bytes),
-            ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
             # Tolerate client keepalive pings (Collector clients may ping every 10 s) instead of GOAWAY.
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),

@@ -65,11 +65,16 @@ def validate_traces(req: ExportTraceServiceRequest) -> Validated:
         for si, ss in enumerate(rs.scope_spans):
             spans = ss.spans
             total += len(spans)
-            for pi, s in enumerate(spans):
+            for pi, s in enumerate(spans):  # hot loop: ~0.3 us/span, as much as decoding
                 t = s.trace_id
                 sid = s.span_id
-                par = s.parent_span_id
-                if len(t) != 16 or t == _ZERO16 or len(sid) != 8 or sid == _ZERO8 or len(par) not in (0, 8):
+                if (
+                    len(t) != 16
+                    or len(sid) != 8
+                    or t == _ZERO16
+                    or sid == _ZERO8
+                    or len(s.parent_span_id) not in (0, 8)
+                ):
                     bad.append((ri, si, pi))
     if not bad:
         return Validated(total, 0, "", req)
