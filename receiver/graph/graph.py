@@ -68,7 +68,8 @@ _STATUS_ERROR = 2
 _DUPLICATE, _FULL = -1, -2  # results of the helpers for the rarer span shapes
 
 # pending entry layout (a list, mutated in place when the second half arrives)
-_C_SVC, _S_SVC, _C_LAT, _S_LAT, _FAILED, _CTYPE, _EXP, _PEERS, _C_END, _PRODUCER_F = range(10)
+# _PEERS: the client span itself until its attributes are read, then the callee name for a virtual node
+_C_SVC, _S_SVC, _C_LAT, _S_LAT, _FAILED, _CTYPE, _EXP, _PEERS, _C_END, _PRODUCER_F, _KEY = range(11)
 
 
 class ServiceGraph:
@@ -96,7 +97,7 @@ class ServiceGraph:
         self._done: dict[bytes, float] = {}  # keys of recorded/expired calls -> forget time
         self._edges: dict[tuple[str, str, str], EdgeStats] = {}
         self._g = nx.DiGraph()  # nodes: kind, virtual; edges: "stats" {connection_type: EdgeStats}
-        self._deferred: list[tuple[Any, list, bytes]] = []  # client halves whose attributes are unread
+        self._deferred: list[list] = []  # store entries of client halves whose attributes are unread
         self._obs: dict[tuple[str, str, str], list] = {}  # calls not yet folded into their edges
         self._obs_kinds: dict[tuple[str, str, str], tuple[str, str]] = {}  # node kinds of those edges
         # self-telemetry (plain ints, exported at scrape time)
@@ -131,7 +132,7 @@ class ServiceGraph:
         max_items = cfg.store_max_items
         dedupe_max = cfg.dedupe_max_items
         dup = dropped = invalid = skipped = 0
-        deferred: list[tuple[Any, list, bytes]] = []
+        deferred: list[list] = []
         # the previous request's unresolved client halves (see the end of consume_traces)
         with self._lock:
             pending = self._pending
@@ -170,8 +171,8 @@ class ServiceGraph:
                                 e = pending[key] = [svc, None, lat if lat > 0.0 else 0.0,
                                                     0.0, span.status.code == _STATUS_ERROR,
                                                     CT_MESSAGING if kind == _PRODUCER else CT_NONE,
-                                                    exp, None, end, kind == _PRODUCER]
-                                deferred.append((span, e, key))
+                                                    exp, span, end, kind == _PRODUCER, key]
+                                deferred.append(e)
                             elif e[_C_SVC] is None:  # the server half waits: complete the call
                                 del pending[key]
                                 done[key] = dexp
@@ -215,10 +216,11 @@ class ServiceGraph:
                                 pending[key] = [None, svc, 0.0, lat if lat > 0.0 else 0.0,
                                                 span.status.code == _STATUS_ERROR,
                                                 CT_MESSAGING if kind == _CONSUMER else CT_NONE,
-                                                exp, None, 0, False]
+                                                exp, None, 0, False, key]
                             elif e[_S_SVC] is None:  # the client half waits: complete the call
                                 del pending[key]
                                 done[key] = dexp
+                                e[_S_SVC] = svc  # marks it paired for _resolve_clients
                                 lat = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
                                 ek = (e[_C_SVC], svc, CT_MESSAGING if kind == _CONSUMER else e[_CTYPE])
                                 calls = obs.get(ek)
@@ -283,18 +285,19 @@ class ServiceGraph:
             st.add_many(calls, now)
             self.completed_calls += len(calls)
 
-    def _resolve_clients(self, deferred: list[tuple[Any, list, bytes]], dexp: float) -> None:
+    def _resolve_clients(self, deferred: list[list], dexp: float) -> None:
         """Client/producer halves still waiting a request after their own (lock held): read their
         attributes. A CLIENT span with a database attribute completes a `database` edge; otherwise
-        the callee name for a virtual node is kept in the entry should it expire."""
-        pending = self._pending
-        for span, e, sk in deferred:
-            if e[_S_SVC] is not None or pending.get(sk) is not e:
+        the callee name for a virtual node replaces the span in the entry should it expire."""
+        for e in deferred:
+            if e[_S_SVC] is not None:
                 continue  # paired meanwhile
-            is_db, name = self._scan(span)
+            is_db, name = self._scan(e[_PEERS])
             if is_db and not e[_PRODUCER_F]:
-                del pending[sk]
+                sk = e[_KEY]
+                del self._pending[sk]
                 self._done[sk] = dexp
+                e[_S_SVC] = name
                 lat = e[_C_LAT]
                 self._complete(e[_C_SVC], name, lat, lat, e[_FAILED], CT_DATABASE, e[_C_END], False,
                                "service", "database")
@@ -339,10 +342,11 @@ class ServiceGraph:
                 if len(pending) >= self.config.store_max_items:
                     full = True
                     continue
-                pending[key] = [None, svc, 0.0, lat, failed, CT_MESSAGING, exp, None, 0, False]
+                pending[key] = [None, svc, 0.0, lat, failed, CT_MESSAGING, exp, None, 0, False, key]
             elif e[_S_SVC] is None:
                 del pending[key]
                 done[key] = dexp
+                e[_S_SVC] = svc
                 self._complete(e[_C_SVC], svc, e[_C_LAT], lat, failed or e[_FAILED], CT_MESSAGING,
                                e[_C_END], True, "service", "service")
                 n += 1
@@ -449,7 +453,7 @@ class ServiceGraph:
                 continue
             if not self.config.virtual_nodes:
                 continue
-            server = e[_PEERS] or "unknown"
+            server = e[_PEERS] if isinstance(e[_PEERS], str) else "unknown"
             server_kind = "messaging" if e[_PRODUCER_F] else "virtual"
             lat = e[_C_LAT]
             self._done[k] = forget  # a retried copy of this client span must not count again

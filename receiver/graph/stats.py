@@ -119,6 +119,8 @@ class EdgeStats:
         if self.calls == 0:
             first = last = calls[0][4]
         agg: dict[int, list] = {}
+        lo = hi = 0
+        b = None
         for cl, sl, failed, is_paired, end in calls:
             i = bisect_left(bounds, cl)
             cc[i] += 1
@@ -132,10 +134,13 @@ class EdgeStats:
                 last = end
             elif end < first:
                 first = end
-            idx = end // bucket_ns
-            b = agg.get(idx)
-            if b is None:
-                b = agg[idx] = [0, 0, 0.0, 0.0, 0, 0.0]
+            if not lo <= end < hi:  # calls of one batch mostly share their event-time bucket
+                idx = end // bucket_ns
+                lo = idx * bucket_ns
+                hi = lo + bucket_ns
+                b = agg.get(idx)
+                if b is None:
+                    b = agg[idx] = [0, 0, 0.0, 0.0, 0, 0.0]
             b[0] += 1
             b[2] += cl
             b[3] += sl
