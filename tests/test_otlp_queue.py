@@ -188,3 +188,22 @@ def test_queue_config_validation(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError) as ei:
         QueueConfig(**kwargs).validate()
     assert str(ei.value).startswith(key)
+
+
+def test_enqueue_while_drain_waits_still_wakes_a_worker() -> None:
+    sink = Sink(delay_s=0.005)
+    q = BoundedQueue(QueueConfig(capacity_items=100), [sink], [])
+    q.start()
+    try:
+        for r in range(20):
+            results: list[bool] = []
+            q.consume_traces(_traces(1, f"a{r}-"))
+            waiter = threading.Thread(target=lambda out=results: out.append(q.drain(10)))
+            waiter.start()
+            q.consume_traces(_traces(1, f"b{r}-"))  # must wake the worker, not the drain waiter
+            waiter.join(15)
+            assert results == [True]
+            assert q.drain(10)
+        assert len(sink.spans()) == 40
+    finally:
+        q.shutdown()

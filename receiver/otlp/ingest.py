@@ -62,8 +62,21 @@ class ReceiverMetrics:
             registry=registry,
         )
 
+        # label children resolved once (hot path: a few increments per request)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Counter, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:  # bounded: transports x signals x outcomes
+            child = self._children[key] = metric.labels(self.receiver, *labels)
+        return child
+
     def request(self, transport: str, signal: str, outcome: str) -> None:
-        self.requests.labels(self.receiver, transport, signal, outcome).inc()
+        self._child(self.requests, transport, signal, outcome).inc()
+
+    def add(self, metric: Counter, transport: str, n: int) -> None:
+        self._child(metric, transport).inc(n)
 
 
 def outcome_for(err: WireError) -> str:
@@ -120,13 +133,13 @@ class Ingest:
                     self.traces.consume_traces(v.request)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 - mapped to a wire status in one place
                 err = from_exception(exc, self._retry_after)
-                m.refused_spans.labels(m.receiver, transport).inc(v.total)
+                m.add(m.refused_spans, transport, v.total)
                 m.request(transport, TRACES, outcome_for(err))
                 err.counted = True
                 raise err from exc
-            m.accepted_spans.labels(m.receiver, transport).inc(v.accepted)
+            m.add(m.accepted_spans, transport, v.accepted)
         if v.rejected:
-            m.refused_spans.labels(m.receiver, transport).inc(v.rejected)
+            m.add(m.refused_spans, transport, v.rejected)
             resp.partial_success.rejected_spans = v.rejected
             resp.partial_success.error_message = v.message
             m.request(transport, TRACES, "partial")
@@ -150,13 +163,13 @@ class Ingest:
                     self.logs.consume_logs(v.request)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001
                 err = from_exception(exc, self._retry_after)
-                m.refused_logs.labels(m.receiver, transport).inc(v.total)
+                m.add(m.refused_logs, transport, v.total)
                 m.request(transport, LOGS, outcome_for(err))
                 err.counted = True
                 raise err from exc
-            m.accepted_logs.labels(m.receiver, transport).inc(v.accepted)
+            m.add(m.accepted_logs, transport, v.accepted)
         if v.rejected:
-            m.refused_logs.labels(m.receiver, transport).inc(v.rejected)
+            m.add(m.refused_logs, transport, v.rejected)
             resp.partial_success.rejected_log_records = v.rejected
             resp.partial_success.error_message = v.message
             m.request(transport, LOGS, "partial")

@@ -82,7 +82,9 @@ class BoundedQueue:
         self._traces = list(traces_consumers or [])
         self._logs = list(logs_consumers or [])
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # workers wait here for requests
+        self._done = threading.Condition(self._lock)  # drain() waits here for deliveries
         # entries: (seq, kind, request, items)
         self._q: collections.deque[tuple[int, str, Any, int]] = collections.deque()
         self._items = 0
@@ -91,6 +93,7 @@ class BoundedQueue:
         self._running = False
         self._stopping = False
         self._workers: list[threading.Thread] = []
+        self._idle_workers = 0
         self._last_error_log: dict[str, float] = {}
 
         r = self.registry
@@ -124,6 +127,9 @@ class BoundedQueue:
             ["signal", "consumer"],
             registry=r,
         )
+
+        self._c_enqueued = {k: self._m_enqueued.labels(k) for k in (TRACES, LOGS)}
+        self._c_delivered = {k: self._m_delivered.labels(k) for k in (TRACES, LOGS)}
 
     # --- consumers can be added before start (composition root) ------------------------------
     def add_traces_consumer(self, consumer: TracesConsumer) -> None:
@@ -182,8 +188,9 @@ class BoundedQueue:
             self._q.append((self._next_seq, kind, request, items))
             self._next_seq += 1
             self._items += items
-            self._cond.notify()
-        self._m_enqueued.labels(kind).inc(items)
+            if self._idle_workers:
+                self._cond.notify()
+        self._c_enqueued[kind].inc(items)
 
     # --- introspection -----------------------------------------------------------------------
     @property
@@ -206,14 +213,18 @@ class BoundedQueue:
                 return True
             if not self._workers:
                 return False
-            return self._cond.wait_for(lambda: self._lowest_outstanding() >= target, timeout)
+            return self._done.wait_for(lambda: self._lowest_outstanding() >= target, timeout)
 
     # --- workers -----------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
             with self._cond:
                 while not self._q and not self._stopping:
-                    self._cond.wait()
+                    self._idle_workers += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._idle_workers -= 1
                 if not self._q:
                     return
                 seq, kind, request, items = self._q.popleft()
@@ -224,8 +235,8 @@ class BoundedQueue:
                 with self._cond:
                     self._in_flight.discard(seq)
                     self._items -= items
-                    self._cond.notify_all()
-                self._m_delivered.labels(kind).inc(items)
+                    self._done.notify_all()
+                self._c_delivered[kind].inc(items)
 
     def _deliver(self, kind: str, request: Any) -> None:
         if kind == TRACES:
