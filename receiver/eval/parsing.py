@@ -173,8 +173,14 @@ def mine(contents: Sequence[str], miner: TemplateMiner, service: str = "svc") ->
     for line in contents:
         ids.append(match(service, line).template_id)
     elapsed = time.perf_counter() - t0
-    final = miner.templates(service)
-    return [final.get(i, "") for i in ids], elapsed
+    final: dict[int, str] = {}
+    out = []
+    for i in ids:
+        t = final.get(i)
+        if t is None:
+            t = final[i] = miner.template(service, i) or ""
+        out.append(t)
+    return out, elapsed
 
 
 def evaluate(ds: Dataset, make_miner: Callable[[], TemplateMiner] | None = None) -> dict[str, object]:

@@ -21,14 +21,36 @@ _MON = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*"
 _DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*"
 _TLD = r"(?:com|net|org|edu|gov|mil|io|cn|hk|uk|de|jp|fr|ru|in|local|lan|internal|corp|localdomain)"
 
+# Dates written with month names span several tokens: masked on the whole line, before tokenising.
+_DATETIME = (
+    rf"\b(?:{_DAY},? )?{_MON} +\d{{1,2}},? (?:\d{{4}} )?"
+    r"\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?: \d{4})?\b"
+)
+# Sizes and durations with their unit ("1190 bytes (1.16 KB)", "<1 sec", "30 seconds") are one value.
+_SIZE = r"(?<![\w.])\d+(?:\.\d+)? ?(?:[KMGT]i?B|bytes|B)\b(?: ?\(\d+(?:\.\d+)? ?[KMGT]i?B\))?"
+_DURATION = (
+    r"(?<![\w.])<?\d+(?:\.\d+)? ?"
+    r"(?:ms|msecs?|milliseconds?|us|µs|ns|sec|secs|seconds?|mins?|minutes?|hours?)\b"
+)
+_SPANS = f"{_DATETIME}|{_SIZE}|{_DURATION}"
+# the span regex only runs on lines containing one of these (cheap substring tests first)
+_SPAN_HINTS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec") + (
+    "B",
+    "bytes",
+    "sec",
+    "ms",
+    "min",
+    "hour",
+    "us",
+    "ns",
+)
+_SENTINEL = "\ue000"  # stands for a masked date inside the line while tokens are masked
+# Every default pattern needs a digit or one of these characters: tokens without any skip the regex.
+_MAYBE_VARIABLE = re.compile(r"[\d/\\.:]").search
+
 _DEFAULT_PATTERNS: list[tuple[str, str]] = [
     ("url", r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s,;\"'<>()\[\]{}]+"),
     ("uuid", r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
-    (
-        "datetime",
-        rf"\b(?:{_DAY},? )?{_MON} +\d{{1,2}},? (?:\d{{4}} )?\d{{1,2}}:\d{{2}}(?::\d{{2}})?(?:[.,]\d+)?"
-        rf"(?: \d{{4}})?\b",
-    ),
     (
         "isodate",
         r"\b\d{4}[-/]\d{1,2}[-/]\d{1,2}"
@@ -43,7 +65,7 @@ _DEFAULT_PATTERNS: list[tuple[str, str]] = [
     ("dotted", r"\b(?=[\w.\-]*\d)(?:[A-Za-z0-9\-]+\.){2,}[A-Za-z0-9\-]+(?::\d+)?\b"),
     ("time", r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"),
     ("number", r"(?<![\w.\-])-?\d+(?:[.,:]\d+)*(?![\w])"),
-    ("word_digit", r"(?<![\w\-])(?=[\w\-]*\d[\w\-]*\d)[\w\-]+"),
+    ("word_digit", r"(?<![\w\-])(?:\d[\w\-]*|(?=[\w\-]*\d[\w\-]*\d)[\w\-]+)"),
     ("longhex", r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b"),
 ]
 
@@ -61,15 +83,79 @@ def compile_patterns(
 
 
 class Masker:
-    """Replaces variable spans with `<*>`; returns (masked_text, params)."""
+    """Masks variable spans of a log line. `mask_tokens(text)` returns (masked tokens, params):
+    the line split on whitespace, each token with its variable spans replaced by `<*>`, and the
+    replaced spans in order.
 
-    __slots__ = ("_rx",)
+    Patterns apply within a whitespace-delimited token (dates with month names excepted), so a token's
+    result is cached: most tokens of a log stream repeat, and a repeated token costs one dict lookup.
+    The token cache is bounded (`cache_size`; cleared when full, counted in `cache_dropped`)."""
 
-    def __init__(self, extra_patterns: list[str] | None = None) -> None:
+    __slots__ = ("_rx", "_dt", "_cache", "_cache_size", "_extra", "cache_dropped")
+
+    def __init__(self, extra_patterns: list[str] | None = None, cache_size: int = 100_000) -> None:
         self._rx = compile_patterns(None, extra_patterns)
+        self._extra = bool(extra_patterns)
+        self._dt = re.compile(f"((?:{_SPANS}))")
+        self._cache: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._cache_size = cache_size
+        self.cache_dropped = 0
 
     def mask(self, text: str) -> tuple[str, list[str]]:
-        parts = self._rx.split(text)
+        """(masked text with single spaces between tokens, params)."""
+        tokens, params = self.mask_tokens(text)
+        return " ".join(tokens), params
+
+    def mask_tokens(self, text: str) -> tuple[list[str], list[str]]:
+        dates: list[str] | None = None
+        for hint in _SPAN_HINTS:
+            if hint in text:
+                parts = self._dt.split(text)
+                if len(parts) > 1:
+                    text = _SENTINEL.join(parts[0::2])
+                    dates = parts[1::2]
+                break
+        cache = self._cache
+        tokens: list[str] = []
+        params: list[str] = []
+        for tok in text.split():
+            hit = cache.get(tok)
+            if hit is None:
+                if dates is not None and _SENTINEL in tok:
+                    masked, tparams = self._with_dates(tok, dates)
+                    tokens.append(masked)
+                    params.extend(tparams)
+                    continue
+                hit = self._mask_token(tok)
+                if len(cache) >= self._cache_size:
+                    self.cache_dropped += len(cache)
+                    cache.clear()
+                cache[tok] = hit
+            tokens.append(hit[0])
+            if hit[1]:
+                params.extend(hit[1])
+        return tokens, params
+
+    def _mask_token(self, tok: str) -> tuple[str, tuple[str, ...]]:
+        if tok.isdigit() and not self._extra:
+            return WILDCARD, (tok,)
+        if not _MAYBE_VARIABLE(tok) and not self._extra:
+            return tok, ()
+        parts = self._rx.split(tok)
         if len(parts) == 1:
-            return text, []
-        return WILDCARD.join(parts[0::2]), parts[1::2]
+            return tok, ()
+        return WILDCARD.join(parts[0::2]), tuple(parts[1::2])
+
+    def _with_dates(self, tok: str, dates: list[str]) -> tuple[str, list[str]]:
+        pieces = tok.split(_SENTINEL)
+        out = []
+        params: list[str] = []
+        for i, piece in enumerate(pieces):
+            if i:
+                out.append(WILDCARD)
+                params.append(dates.pop(0) if dates else "")
+            if piece:
+                masked, tparams = self._mask_token(piece)
+                out.append(masked)
+                params.extend(tparams)
+        return "".join(out), params

@@ -1,16 +1,24 @@
 """Streaming, online log template mining (per service), bounded and persistent.
 
-Pipeline per line:
-  1. `Masker` replaces variable-looking spans (numbers, hex, UUIDs, IPs, paths, hosts, ...) by `<*>`
-     and keeps them as parameters (one C-level regex split).
-  2. A cache maps the masked string to its template (most lines hit it: once masked, lines of one
-     event type are usually byte-identical).
-  3. Otherwise a Drain-like search: bucket = (token count, first token), best cluster by token
-     similarity >= `similarity_threshold`; the template is generalised where tokens differ.
+Per line:
+  1. Line cache: the line with its digits deleted is looked up per service. Lines that differ only in
+     digits (counters, ids, addresses, times) share one entry: a hit costs about a microsecond and
+     skips masking and the tree.
+  2. Masking (`receiver.logs.masking`): each whitespace token's variable spans (numbers, hex, UUIDs,
+     IPs, paths, hosts, ids with digits, dates, ...) become `<*>`.
+  3. Search: candidates are the templates with the same token count and first token (plus those whose
+     first token is a wildcard). A template accepts the line when every differing token is a
+     *value* difference (digits or wildcards in the differing part, or `key=`/`key:` values) and the
+     share of equal tokens is >= `similarity_threshold`; the template is then generalised there,
+     keeping the tokens' common punctuation (`(<*>)`, `user=<*>`, `[<*>]`).
+  4. Otherwise a new template. Two templates differing in one *word* (`bytes`/`values`) stay apart
+     (they are usually different events), but when `merge_siblings` templates differ only in the same
+     position, that position is a variable: they are merged into the oldest (ids of the others become
+     aliases of it, resolved by `template()`).
 
 Bounded: templates per service (least-recently-matched evicted), services (least-recently-seen
-evicted), masked-string cache, clusters scanned per bucket. Every eviction is counted in metrics.
-Templates survive restarts through `save(path)` / `load(path)` (JSON, atomic replace).
+evicted), line cache, token cache, aliases, templates scanned per bucket. Every eviction is counted in
+metrics. Templates survive restarts through `save(path)` / `load(path)` (JSON, atomic replace).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -31,18 +39,23 @@ from receiver.component import StageConfig, positive, require
 from receiver.logs.masking import WILDCARD, Masker
 
 STATE_VERSION = 1
+_DIGITS = b"0123456789"
+_MAX_ALIAS_HOPS = 32
+_VERIFY = 16
 
 
 @dataclass
 class TemplatesConfig(StageConfig):
     """Template miner settings. One default for every system; no per-dataset tuning needed."""
 
-    similarity_threshold: float = 0.7  # fraction of equal tokens needed to join a template
-    mature_count: int = 10  # a token constant over this many lines no longer generalises
+    similarity_threshold: float = 0.5  # share of equal tokens needed to join a template
+    merge_siblings: int = 3  # this many templates differing in one word position are merged
+    merge_min_constants: int = 3  # ... if at least this many other tokens are constant words
     max_templates_per_service: int = 2000  # least-recently-matched template evicted beyond this
     max_services: int = 500  # least-recently-seen service (with its templates) evicted beyond this
     max_bucket_templates: int = 200  # templates scanned per (length, first token) bucket
-    cache_size: int = 50_000  # masked-string -> template cache entries (all services)
+    cache_size: int = 50_000  # line-key -> template cache entries (all services)
+    token_cache_size: int = 100_000  # token -> masked token cache entries
     max_line_chars: int = 4096  # longer messages are truncated before mining
     max_tokens: int = 128  # tokens beyond this are folded into one trailing <*>
     extra_mask_patterns: list[str] = field(default_factory=list)  # regexes masked first (no groups)
@@ -55,37 +68,82 @@ class TemplatesConfig(StageConfig):
             f"must be in (0, 1], got {self.similarity_threshold!r}",
         )
         for key in (
+            "merge_siblings",
+            "merge_min_constants",
             "max_templates_per_service",
             "max_services",
             "max_bucket_templates",
             "cache_size",
+            "token_cache_size",
             "max_line_chars",
             "max_tokens",
         ):
             value = getattr(self, key)
             require(isinstance(value, int), f"templates.{key}", f"must be an integer, got {value!r}")
             positive(value, f"templates.{key}")
+        require(self.merge_siblings >= 2, "templates.merge_siblings", "must be >= 2")
+        require(self.max_tokens >= 2, "templates.max_tokens", "must be >= 2")
         require(isinstance(self.extra_mask_patterns, list), "templates.extra_mask_patterns", "must be a list")
         try:
             Masker(self.extra_mask_patterns)
         except Exception as exc:  # noqa: BLE001 - re.error or our ValueError
-            raise_config("templates.extra_mask_patterns", str(exc))
+            require(False, "templates.extra_mask_patterns", str(exc))
 
 
-def raise_config(key: str, message: str) -> None:
-    require(False, key, message)
-
-
-@dataclass(slots=True)
 class TemplateMatch:
-    template_id: int  # stable per service (survives save/load)
-    template: str  # tokens joined by one space, parameters written <*>
-    params: list[str]  # the variable parts of this line, in order
-    is_new: bool  # this line created the template
+    """Result of `TemplateMiner.match`. `params` (the variable parts of the line, in order) is computed
+    on first access, so callers that only need the id / template pay nothing for it."""
+
+    __slots__ = ("template_id", "template", "is_new", "_params", "_text", "_tokens", "_miner")
+
+    def __init__(
+        self,
+        template_id: int,
+        template: str,
+        is_new: bool,
+        text: str = "",
+        tokens: list[str] | None = None,
+        miner: TemplateMiner | None = None,
+        params: list[str] | None = None,
+    ) -> None:
+        self.template_id = template_id  # stable per service (survives save/load)
+        self.template = template  # tokens joined by one space, parameters written <*>
+        self.is_new = is_new  # this line created the template
+        self._params = params
+        self._text = text
+        self._tokens = tokens
+        self._miner = miner
+
+    @property
+    def params(self) -> list[str]:
+        if self._params is None:
+            if self._miner is None or self._tokens is None:
+                self._params = []
+            else:
+                self._params = self._miner.extract_params(self._tokens, self._text)
+        return self._params
+
+    def __repr__(self) -> str:
+        return (
+            f"TemplateMatch(template_id={self.template_id}, template={self.template!r}, "
+            f"params={self.params!r}, is_new={self.is_new})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TemplateMatch):
+            return NotImplemented
+        return (self.template_id, self.template, self.is_new, self.params) == (
+            other.template_id,
+            other.template,
+            other.is_new,
+            other.params,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class _Cluster:
-    __slots__ = ("id", "tokens", "template", "count", "alive", "version", "key", "last")
+    __slots__ = ("id", "tokens", "template", "count", "alive", "key", "last", "merged_into", "verify")
 
     def __init__(self, cid: int, tokens: list[str], key: tuple[int, str], count: int = 0) -> None:
         self.id = cid
@@ -93,19 +151,35 @@ class _Cluster:
         self.template = " ".join(tokens)
         self.count = count
         self.alive = True
-        self.version = 0
         self.key = key
         self.last = 0  # miner line counter at the last match (bucket LRU)
+        self.merged_into: _Cluster | None = None
+        self.verify = _VERIFY if _literal_digits(tokens) else 0
+
+    def set_tokens(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.template = " ".join(tokens)
+        self.verify = _VERIFY if _literal_digits(tokens) else 0
+
+
+def _literal_digits(tokens: list[str]) -> bool:
+    """Does the template keep digits as constants (`ssh2`, `node n1`)? Lines differing only in
+    digits share a line-cache key, so such a template is checked on its next `_VERIFY` lines before
+    the cache is trusted for it."""
+    return any(_has_digit(t) for t in tokens)
 
 
 class _Service:
-    __slots__ = ("clusters", "buckets", "cache", "next_id")
+    __slots__ = ("clusters", "buckets", "by_len", "cache", "aliases", "next_id", "last")
 
     def __init__(self) -> None:
         self.clusters: OrderedDict[int, _Cluster] = OrderedDict()  # LRU order, most recent last
         self.buckets: dict[tuple[int, str], list[_Cluster]] = {}
-        self.cache: dict[str, tuple[_Cluster, int, bool]] = {}  # masked -> (cluster, version, fast)
+        self.by_len: dict[int, list[_Cluster]] = {}
+        self.cache: dict[bytes, _Cluster] = {}  # digit-stripped line -> cluster
+        self.aliases: OrderedDict[int, int] = OrderedDict()  # merged id -> id it was merged into
         self.next_id = 1
+        self.last = 0  # miner line counter when this service was last seen (service LRU)
 
 
 def _has_digit(token: str) -> bool:
@@ -132,6 +206,11 @@ class _Metrics(Collector):
         m = self._m
         yield CounterMetricFamily("log_templates_lines", "Log lines matched against templates", value=m.lines)
         yield CounterMetricFamily("log_templates_created", "Templates created", value=m.created)
+        yield CounterMetricFamily(
+            "log_templates_merged",
+            "Templates merged into a sibling (their ids became aliases)",
+            value=m.merged,
+        )
         ev = CounterMetricFamily(
             "log_templates_evicted", "Templates evicted because a cap was hit", labels=["reason"]
         )
@@ -143,9 +222,17 @@ class _Metrics(Collector):
             "log_template_services_evicted", "Services evicted (max_services hit)", value=m.services_evicted
         )
         yield CounterMetricFamily(
-            "log_template_cache_evicted",
-            "Masked-line cache entries dropped (cache_size hit)",
-            value=m.cache_evicted,
+            "log_template_cache_evicted", "Line cache entries dropped (cache_size hit)", value=m.cache_evicted
+        )
+        yield CounterMetricFamily(
+            "log_template_token_cache_evicted",
+            "Token masking cache entries dropped (token_cache_size hit)",
+            value=m._masker.cache_dropped,
+        )
+        yield CounterMetricFamily(
+            "log_template_aliases_evicted",
+            "Merged-template aliases dropped (max_templates_per_service aliases per service)",
+            value=m.aliases_evicted,
         )
         yield GaugeMetricFamily(
             "log_templates_active", "Templates currently held", value=m.active_templates()
@@ -156,7 +243,7 @@ class _Metrics(Collector):
 
 
 class TemplateMiner:
-    """Online template miner, one template tree per service. Thread-safe (one lock)."""
+    """Online template miner, one template set per service. Thread-safe (one lock)."""
 
     def __init__(
         self, config: TemplatesConfig | None = None, registry: CollectorRegistry | None = None
@@ -164,63 +251,91 @@ class TemplateMiner:
         self.config = config or TemplatesConfig()
         self.config.validate()
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._masker = Masker(self.config.extra_mask_patterns)
-        self._services: OrderedDict[str, _Service] = OrderedDict()
+        self._masker = Masker(self.config.extra_mask_patterns, self.config.token_cache_size)
+        self._max_chars = self.config.max_line_chars
+        self._max_tokens = self.config.max_tokens
+        self._min_constants = self.config.merge_min_constants
+        self._services: dict[str, _Service] = {}
         self._lock = threading.Lock()
         self._cache_entries = 0
         self.lines = 0
         self.created = 0
+        self.merged = 0
         self.evicted_template_cap = 0
         self.evicted_bucket_cap = 0
         self.evicted_with_service = 0
         self.services_evicted = 0
         self.cache_evicted = 0
+        self.aliases_evicted = 0
         self.registry.register(_Metrics(self))
 
     # ------------------------------------------------------------------ public API
     def match(self, service: str, text: str) -> TemplateMatch:
         """Match one message, learning from it. Returns the (possibly new / generalised) template."""
-        if not isinstance(text, str):
+        if text.__class__ is not str:
             text = "" if text is None else str(text)
-        cfg = self.config
-        if len(text) > cfg.max_line_chars:
-            text = text[: cfg.max_line_chars]
-        masked, rparams = self._masker.mask(text)
+        if len(text) > self._max_chars:
+            text = text[: self._max_chars]
+        try:
+            key = text.encode().translate(None, _DIGITS)
+        except UnicodeEncodeError:  # lone surrogates
+            key = text.encode("utf-8", "backslashreplace").translate(None, _DIGITS)
         with self._lock:
-            self.lines += 1
-            svc = self._service(service)
-            hit = svc.cache.get(masked)
-            if hit is not None:
-                cl, version, fast = hit
-                if cl.alive:
+            self.lines = tick = self.lines + 1
+            svc = self._services.get(service)
+            if svc is None:
+                svc = self._new_service(service)
+            svc.last = tick
+            cl = svc.cache.get(key)
+            if cl is not None:
+                if not cl.alive:
+                    cl = _live(cl)
+                if cl is not None and not cl.verify:
                     svc.clusters.move_to_end(cl.id)
                     cl.count += 1
-                    cl.last = self.lines
-                    if version != cl.version:
-                        fast = self._fast(cl, masked.split())
-                        svc.cache[masked] = (cl, cl.version, fast)
-                    params = rparams if fast else self._params(cl, masked.split(), rparams)
-                    return TemplateMatch(cl.id, cl.template, params, False)
-            tokens = masked.split()
-            if len(tokens) > cfg.max_tokens:
-                tokens = tokens[: cfg.max_tokens - 1] + [WILDCARD]
+                    cl.last = tick
+                    return TemplateMatch(cl.id, cl.template, False, text, cl.tokens, self)
+            tokens, _ = self._masker.mask_tokens(text)
+            if len(tokens) > self._max_tokens:
+                tokens = tokens[: self._max_tokens - 1] + [WILDCARD]
             cl, is_new = self._search_or_create(svc, tokens)
+            if cl.verify and not is_new:
+                cl.verify -= 1
             cl.count += 1
-            cl.last = self.lines
-            fast = self._fast(cl, tokens)
-            self._cache_put(svc, masked, (cl, cl.version, fast))
-            params = rparams if fast else self._params(cl, tokens, rparams)
-            return TemplateMatch(cl.id, cl.template, params, is_new)
+            cl.last = tick
+            self._cache_put(svc, key, cl)
+            return TemplateMatch(cl.id, cl.template, is_new, text, cl.tokens, self)
+
+    def extract_params(self, template_tokens: list[str], text: str) -> list[str]:
+        """The variable parts of `text` under a template (given as its token list), in order."""
+        with self._lock:  # the masker's token cache is shared
+            tokens, rparams = self._masker.mask_tokens(text)
+        if len(tokens) > self._max_tokens:
+            tokens = tokens[: self._max_tokens - 1] + [WILDCARD]
+        if tokens == template_tokens:
+            return rparams
+        return _params(template_tokens, tokens, rparams)
 
     def template(self, service: str, template_id: int) -> str | None:
+        """The current template of an id (an id merged into another resolves to the merged one)."""
         with self._lock:
             svc = self._services.get(service)
             if svc is None:
                 return None
-            cl = svc.clusters.get(template_id)
+            cl = self._resolve(svc, template_id)
             return cl.template if cl is not None else None
 
+    def canonical_id(self, service: str, template_id: int) -> int | None:
+        """The id a (possibly merged) template id lives on as, or None if unknown / evicted."""
+        with self._lock:
+            svc = self._services.get(service)
+            if svc is None:
+                return None
+            cl = self._resolve(svc, template_id)
+            return cl.id if cl is not None else None
+
     def templates(self, service: str) -> dict[int, str]:
+        """All live templates of a service, by id."""
         with self._lock:
             svc = self._services.get(service)
             if svc is None:
@@ -235,20 +350,22 @@ class TemplateMiner:
         return sum(len(s.clusters) for s in list(self._services.values()))
 
     def save(self, path: str) -> None:
-        """Write all templates as JSON, atomically (temp file + rename)."""
+        """Write all templates (and aliases) as JSON, atomically (temp file + fsync + rename)."""
         with self._lock:
+            ordered = sorted(self._services.items(), key=lambda kv: kv[1].last)  # LRU order kept
             state = {
                 "version": STATE_VERSION,
                 "services": {
                     name: {
                         "next_id": svc.next_id,
-                        # LRU order (least recent first) is kept so eviction order survives too
+                        # least recently matched first, so the eviction order survives too
                         "templates": [
                             {"id": cl.id, "tokens": cl.tokens, "count": cl.count}
                             for cl in svc.clusters.values()
                         ],
+                        "aliases": [[a, b] for a, b in svc.aliases.items()],
                     }
-                    for name, svc in self._services.items()
+                    for name, svc in ordered
                 },
             }
         directory = os.path.dirname(os.path.abspath(path))
@@ -268,8 +385,9 @@ class TemplateMiner:
             raise
 
     def load(self, path: str) -> int:
-        """Replace the state with the one saved at `path`. Returns the number of templates loaded.
-        Raises ValueError on a malformed file (the current state is then left untouched)."""
+        """Replace the state with the one saved at `path` (caps of the current config applied).
+        Returns the number of templates loaded. Raises ValueError on a malformed file; the current
+        state is then left untouched."""
         with open(path, encoding="utf-8") as fh:
             try:
                 state = json.load(fh)
@@ -277,19 +395,28 @@ class TemplateMiner:
                 raise ValueError(f"{path}: not a template state file: {exc}") from exc
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"{path}: unsupported template state version")
-        services: OrderedDict[str, _Service] = OrderedDict()
+        cfg = self.config
+        services: dict[str, _Service] = {}
         loaded = 0
         try:
-            for name, data in state["services"].items():
+            items = list(state["services"].items())[-cfg.max_services :]
+            for rank, (name, data) in enumerate(items):
                 svc = _Service()
-                for item in data["templates"]:
+                svc.last = rank - len(items)  # older than anything matched after the load
+                for item in list(data["templates"])[-cfg.max_templates_per_service :]:
                     tokens = [str(t) for t in item["tokens"]]
+                    if not tokens:
+                        tokens = [""]
                     cid = int(item["id"])
                     cl = _Cluster(cid, tokens, (len(tokens), _first_key(tokens)), int(item.get("count", 0)))
                     svc.clusters[cid] = cl
                     svc.buckets.setdefault(cl.key, []).append(cl)
+                    svc.by_len.setdefault(len(tokens), []).append(cl)
                     loaded += 1
-                svc.next_id = max(int(data.get("next_id", 1)), max(svc.clusters, default=0) + 1)
+                for a, b in list(data.get("aliases", []))[-cfg.max_templates_per_service :]:
+                    svc.aliases[int(a)] = int(b)
+                ids = list(svc.clusters) + list(svc.aliases)
+                svc.next_id = max(int(data.get("next_id", 1)), max(ids, default=0) + 1)
                 services[str(name)] = svc
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{path}: malformed template state: {exc}") from exc
@@ -299,13 +426,22 @@ class TemplateMiner:
         return loaded
 
     # ------------------------------------------------------------------ internals
-    def _service(self, name: str) -> _Service:
-        svc = self._services.get(name)
-        if svc is not None:
-            self._services.move_to_end(name)
-            return svc
+    def _resolve(self, svc: _Service, template_id: int) -> _Cluster | None:
+        cid = template_id
+        for _ in range(_MAX_ALIAS_HOPS):
+            cl = svc.clusters.get(cid)
+            if cl is not None:
+                return cl
+            nxt = svc.aliases.get(cid)
+            if nxt is None:
+                return None
+            cid = nxt
+        return None
+
+    def _new_service(self, name: str) -> _Service:
         if len(self._services) >= self.config.max_services:
-            _, old = self._services.popitem(last=False)
+            oldest = min(self._services, key=lambda n: self._services[n].last)
+            old = self._services.pop(oldest)
             self.services_evicted += 1
             self.evicted_with_service += len(old.clusters)
             self._cache_entries -= len(old.cache)
@@ -315,70 +451,137 @@ class TemplateMiner:
         self._services[name] = svc
         return svc
 
-    def _cache_put(self, svc: _Service, masked: str, entry: tuple[_Cluster, int, bool]) -> None:
-        if masked not in svc.cache:
+    def _cache_put(self, svc: _Service, key: bytes, cl: _Cluster) -> None:
+        if key not in svc.cache:
             if self._cache_entries >= self.config.cache_size:
                 # drop this service's whole cache (cheap, bounded; it re-warms from the tree)
-                dropped = len(svc.cache)
-                if dropped == 0:  # the cache is held by other services: drop the oldest service's
-                    for other in self._services.values():
-                        if other.cache:
-                            dropped = len(other.cache)
-                            other.cache.clear()
-                            break
-                else:
-                    svc.cache.clear()
+                victim = svc if svc.cache else next((s for s in self._services.values() if s.cache), svc)
+                dropped = len(victim.cache)
+                victim.cache.clear()
                 self._cache_entries -= dropped
                 self.cache_evicted += dropped
             self._cache_entries += 1
-        svc.cache[masked] = entry
+        svc.cache[key] = cl
+
+    def _best(self, bucket: Iterable[_Cluster], tokens: list[str]) -> _Cluster | None:
+        n = len(tokens)
+        best: _Cluster | None = None
+        best_sim = -1.0
+        best_params = -1
+        for cl in bucket:
+            same = 0
+            params = 0
+            ok = True
+            for a, b in zip(cl.tokens, tokens, strict=True):
+                if a == b:
+                    same += 1
+                elif WILDCARD in a and _glob(a, b):
+                    params += 1
+                elif not _value_diff(a, b):
+                    ok = False
+                    break
+            if not ok:
+                continue
+            sim = same / n if n else 1.0  # as Drain: wildcard positions are allowed, not similar
+            if sim > best_sim or (sim == best_sim and params > best_params):
+                best, best_sim, best_params = cl, sim, params
+        if best is not None and best_sim < self.config.similarity_threshold:
+            return None
+        return best
 
     def _search_or_create(self, svc: _Service, tokens: list[str]) -> tuple[_Cluster, bool]:
         n = len(tokens)
-        key = (n, _first_key(tokens))
+        first = _first_key(tokens)
+        key = (n, first)
+        best = None
         bucket = svc.buckets.get(key)
-        best: _Cluster | None = None
         if bucket:
-            best_sim = -1.0
-            best_params = -1
-            mature = self.config.mature_count
-            for cl in bucket:
-                strict = cl.count >= mature
-                same = 0
-                params = 0
-                for a, b in zip(cl.tokens, tokens, strict=True):
-                    if a == b:
-                        same += 1
-                    elif WILDCARD in a and _glob(a, b):
-                        params += 1
-                    elif strict and not _shared_shell(a, b):
-                        # a position that stayed constant over `mature_count` lines is a constant
-                        same = -1
-                        break
-                if same < 0:
-                    continue
-                sim = (same + params) / n if n else 1.0
-                if sim > best_sim or (sim == best_sim and params > best_params):
-                    best, best_sim, best_params = cl, sim, params
-            if best is not None and best_sim < self.config.similarity_threshold:
-                best = None
+            best = self._best(bucket, tokens)
+        if best is None and first != WILDCARD:
+            wild = svc.buckets.get((n, WILDCARD))
+            if wild:
+                best = self._best(wild, tokens)
         if best is not None:
             new_tokens = [
                 a if a == b or (WILDCARD in a and _glob(a, b)) else _merge_token(a, b)
                 for a, b in zip(best.tokens, tokens, strict=True)
             ]
             if new_tokens != best.tokens:
-                best.tokens = new_tokens
-                best.template = " ".join(new_tokens)
-                best.version += 1
+                best.set_tokens(new_tokens)
             svc.clusters.move_to_end(best.id)
             return best, False
-        return self._create(svc, tokens, key), True
+        cl = self._create(svc, tokens, key)
+        target = self._merge_siblings(svc, cl)
+        if target is not None:
+            return target, False
+        return cl, True
+
+    def _merge_siblings(self, svc: _Service, cl: _Cluster) -> _Cluster | None:
+        """If `merge_siblings` templates (cl included) differ from each other in exactly one and the
+        same position, that position is a variable: merge them into the oldest one."""
+        need = self.config.merge_siblings - 1
+        same_len = svc.by_len.get(len(cl.tokens))
+        if not same_len or len(same_len) < need + 1:
+            return None
+        groups: dict[int, list[_Cluster]] = {}
+        tokens = cl.tokens
+        # a one-word difference only says "variable" when enough constant words surround it
+        n_const = sum(1 for t in tokens if WILDCARD not in t)
+        constants = [n_const - (WILDCARD not in t) for t in tokens]
+        for other in same_len[-self.config.max_bucket_templates :]:
+            if other is cl:
+                continue
+            pos = -1
+            for i, (a, b) in enumerate(zip(other.tokens, tokens, strict=True)):
+                if a != b and not _compatible(a, b):
+                    if pos >= 0:
+                        pos = -2
+                        break
+                    pos = i
+            if pos >= 0 and constants[pos] >= self._min_constants:
+                group = groups.setdefault(pos, [])
+                group.append(other)
+                if len(group) >= need:
+                    return self._merge(svc, [*group, cl])
+        return None
+
+    def _merge(self, svc: _Service, members: list[_Cluster]) -> _Cluster:
+        target = min(members, key=lambda c: c.id)
+        new_tokens = list(target.tokens)
+        for m in members:
+            if m is target:
+                continue
+            for i, (a, b) in enumerate(zip(new_tokens, m.tokens, strict=True)):
+                if a != b and not (WILDCARD in a and _glob(a, b)):
+                    new_tokens[i] = _merge_token(a, b)
+        for m in members:
+            if m is target:
+                continue
+            self._remove(svc, m)
+            m.merged_into = target
+            target.count += m.count
+            target.last = max(target.last, m.last)
+            self._alias(svc, m.id, target.id)
+            self.merged += 1
+        target.set_tokens(new_tokens)
+        new_key = (len(new_tokens), _first_key(new_tokens))
+        if new_key != target.key:  # the first token became a wildcard: move to the wildcard bucket
+            self._unbucket(svc, target)
+            target.key = new_key
+            svc.buckets.setdefault(new_key, []).append(target)
+        svc.clusters.move_to_end(target.id)
+        return target
+
+    def _alias(self, svc: _Service, old: int, new: int) -> None:
+        svc.aliases[old] = new
+        if len(svc.aliases) > self.config.max_templates_per_service:
+            svc.aliases.popitem(last=False)
+            self.aliases_evicted += 1
 
     def _create(self, svc: _Service, tokens: list[str], key: tuple[int, str]) -> _Cluster:
         cfg = self.config
-        bucket = svc.buckets.setdefault(key, [])
-        if len(bucket) >= cfg.max_bucket_templates:
+        bucket = svc.buckets.get(key)
+        if bucket is not None and len(bucket) >= cfg.max_bucket_templates:
             victim = min(bucket, key=lambda c: c.last)
             self._remove(svc, victim)
             self.evicted_bucket_cap += 1
@@ -390,12 +593,11 @@ class TemplateMiner:
         svc.next_id += 1
         svc.clusters[cl.id] = cl
         svc.buckets.setdefault(key, []).append(cl)
+        svc.by_len.setdefault(len(tokens), []).append(cl)
         self.created += 1
         return cl
 
-    def _remove(self, svc: _Service, cl: _Cluster) -> None:
-        cl.alive = False
-        svc.clusters.pop(cl.id, None)
+    def _unbucket(self, svc: _Service, cl: _Cluster) -> None:
         bucket = svc.buckets.get(cl.key)
         if bucket is not None:
             try:
@@ -405,41 +607,58 @@ class TemplateMiner:
             if not bucket:
                 del svc.buckets[cl.key]
 
-    @staticmethod
-    def _fast(cl: _Cluster, tokens: list[str]) -> bool:
-        """True when the template's tokens equal the masked tokens (params = masked spans)."""
-        return cl.tokens == tokens
+    def _remove(self, svc: _Service, cl: _Cluster) -> None:
+        cl.alive = False
+        svc.clusters.pop(cl.id, None)
+        self._unbucket(svc, cl)
+        same_len = svc.by_len.get(len(cl.tokens))
+        if same_len is not None:
+            try:
+                same_len.remove(cl)
+            except ValueError:
+                pass
+            if not same_len:
+                del svc.by_len[len(cl.tokens)]
 
-    @staticmethod
-    def _params(cl: _Cluster, tokens: list[str], rparams: list[str]) -> list[str]:
-        out: list[str] = []
-        it = iter(rparams)
-        for t, m in zip(cl.tokens, tokens, strict=False):
-            holes = m.count(WILDCARD)
-            if t == m or WILDCARD not in t:
-                for _ in range(holes):
-                    out.append(next(it, ""))
-                continue
-            # generalised position: the original token, minus the template's constant shell
-            value = m
-            if holes:
-                pieces = m.split(WILDCARD)
-                value = pieces[0]
-                for piece in pieces[1:]:
-                    value += next(it, "") + piece
-            first = t.find(WILDCARD)
-            last = t.rfind(WILDCARD)
-            pre, suf = t[:first], t[last + 3 :]
-            if (
-                WILDCARD not in pre
-                and WILDCARD not in suf
-                and len(value) > len(pre) + len(suf)
-                and value.startswith(pre)
-                and value.endswith(suf)
-            ):
-                value = value[len(pre) : len(value) - len(suf)]
-            out.append(value)
-        return out
+
+def _live(cl: _Cluster | None) -> _Cluster | None:
+    """Follow merges from a cached (dead) cluster to the live one it was merged into, if any."""
+    for _ in range(_MAX_ALIAS_HOPS):
+        if cl is None or cl.alive:
+            return cl
+        cl = cl.merged_into
+    return None
+
+
+def _params(template_tokens: list[str], tokens: list[str], rparams: list[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(rparams)
+    for t, m in zip(template_tokens, tokens, strict=False):
+        holes = m.count(WILDCARD)
+        if t == m or WILDCARD not in t:
+            for _ in range(holes):
+                out.append(next(it, ""))
+            continue
+        # generalised position: the original token, minus the template's constant shell
+        value = m
+        if holes:
+            pieces = m.split(WILDCARD)
+            value = pieces[0]
+            for piece in pieces[1:]:
+                value += next(it, "") + piece
+        first = t.find(WILDCARD)
+        last = t.rfind(WILDCARD)
+        pre, suf = t[:first], t[last + 3 :]
+        if (
+            WILDCARD not in pre
+            and WILDCARD not in suf
+            and len(value) > len(pre) + len(suf)
+            and value.startswith(pre)
+            and value.endswith(suf)
+        ):
+            value = value[len(pre) : len(value) - len(suf)]
+        out.append(value)
+    return out
 
 
 def _is_word(ch: str) -> bool:
@@ -450,7 +669,7 @@ def _glob(pattern: str, token: str) -> bool:
     """Does `token` fit a template token with wildcards (`pre<*>...<*>suf`)? One gap per `<*>`."""
     parts = pattern.split(WILDCARD)
     pre, suf = parts[0], parts[-1]
-    if len(token) <= len(pre) + len(suf) - 0 or not token.startswith(pre) or not token.endswith(suf):
+    if len(token) <= len(pre) + len(suf) or not token.startswith(pre) or not token.endswith(suf):
         return False
     pos = len(pre)
     end = len(token) - len(suf)
@@ -461,28 +680,11 @@ def _glob(pattern: str, token: str) -> bool:
         if k < 0:
             return False
         pos = k + len(mid)
-    return pos < end or len(parts) == 2 and pos <= end
+    return pos < end or (len(parts) == 2 and pos <= end)
 
 
-def _shared_shell(a: str, b: str) -> bool:
-    """Do the tokens share a punctuation-ended prefix (`user=`, `(`, `[id:`)? Then they differ in a
-    value, not in a word."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    while i > 0:
-        if not _is_word(a[i - 1]):
-            return True
-        i -= 1
-    return False
-
-
-def _merge_token(a: str, b: str) -> str:
-    """Generalise two differing tokens, keeping their common punctuation shell: `(root)` and `(cyrus)`
-    give `(<*>)`, `user=root` and `user=guest` give `user=<*>`, `[A1]` and `B2` give `<*>`."""
-    if a == WILDCARD or not a or not b:
-        return WILDCARD
+def _shell(a: str, b: str) -> tuple[int, int]:
+    """Lengths of the common prefix (ending on a delimiter) and common suffix (starting on one)."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -495,4 +697,40 @@ def _merge_token(a: str, b: str) -> str:
         j += 1
     while j > 0 and (_is_word(a[len(a) - j]) or a[len(a) - j] in "*>"):
         j -= 1
-    return a[:i] + WILDCARD + a[len(a) - j :] if j else a[:i] + WILDCARD
+    return i, j
+
+
+_VALUE_WORDS = frozenset({"true", "false", "null", "none", "nil", "undefined"})
+
+
+def _value_like(mid: str) -> bool:
+    """Is the differing part of a token a value: empty, wildcards only, containing a digit, or a
+    boolean / null word?"""
+    if not mid or _has_digit(mid):
+        return True
+    if WILDCARD in mid and not mid.replace(WILDCARD, "").strip(":.,;/@#-_ "):
+        return True
+    return mid.lower() in _VALUE_WORDS
+
+
+def _value_diff(a: str, b: str) -> bool:
+    """Do two differing tokens differ in a value rather than in a word? Yes when both differing parts
+    are value-like, or when they are the value of a `key=` / `key:` prefix."""
+    i, j = _shell(a, b)
+    if i > 0 and ("=" in a[:i] or a[i - 1] == ":"):
+        return True
+    return _value_like(a[i : len(a) - j]) and _value_like(b[i : len(b) - j])
+
+
+def _compatible(a: str, b: str) -> bool:
+    """Could one template cover both tokens without a word changing?"""
+    return (WILDCARD in a and _glob(a, b)) or (WILDCARD in b and _glob(b, a)) or _value_diff(a, b)
+
+
+def _merge_token(a: str, b: str) -> str:
+    """Generalise two differing tokens, keeping their common punctuation shell: `(root)` and `(cyrus)`
+    give `(<*>)`, `user=root` and `user=guest` give `user=<*>`, `[A1]` and `B2` give `<*>`."""
+    if a == WILDCARD or not a or not b:
+        return WILDCARD
+    i, j = _shell(a, b)
+    return a[:i] + WILDCARD + (a[len(a) - j :] if j else "")

@@ -1,0 +1,287 @@
+"""Template mining: our miner (one default config) vs drain3 0.9.11 (per-dataset benchmark settings).
+
+`python -m bench parsing` prints, measured in the same run:
+  1. per Loghub-2k system: GA / FGA / PA and lines/s for both, plus the averages;
+  2. a mixed stream of all systems (lines interleaved round-robin; one service per system for us, one
+     drain3 instance per system with that system's settings);
+  3. repeated HDFS (the 2k lines replayed `HDFS_REPEAT` times);
+  4. memory: 1M lines of high-cardinality content through our miner with default caps
+     (tracemalloc peak, RSS growth, templates held, evictions counted).
+drain3's settings (`rex`, `st`, `depth`) are the Loghub/Drain benchmark ones (logpai/loghub-2.0
+benchmark/old_benchmark/Drain_benchmark.py; Spark's effective regex list there is empty).
+Environment: BENCH_PARSING_DATA (default ../shared/datasets/loghub_2k), BENCH_PARSING_MEMORY_LINES.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import random
+import resource
+import string
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from drain3 import TemplateMiner as Drain3Miner
+from drain3.masking import MaskingInstruction
+from drain3.template_miner_config import TemplateMinerConfig
+
+from receiver.eval.parsing import Dataset, grouping_accuracy, load_all, normalize_template, parsing_accuracy
+from receiver.logs.templates import TemplateMiner, TemplatesConfig
+
+DATA = Path(
+    os.environ.get(
+        "BENCH_PARSING_DATA", Path(__file__).resolve().parents[1].parent / "shared/datasets/loghub_2k"
+    )
+)
+HDFS_REPEAT = int(os.environ.get("BENCH_PARSING_HDFS_REPEAT", "25"))
+MEMORY_LINES = int(os.environ.get("BENCH_PARSING_MEMORY_LINES", "1000000"))
+
+# Loghub / Drain benchmark settings (regexes, similarity threshold, depth) per system.
+DRAIN_SETTINGS: dict[str, dict[str, object]] = {
+    "HDFS": {"regex": [r"blk_-?\d+", r"(\d+\.){3}\d+(:\d+)?"], "st": 0.5, "depth": 4},
+    "Hadoop": {"regex": [r"(\d+\.){3}\d+"], "st": 0.5, "depth": 4},
+    "Spark": {"regex": [], "st": 0.5, "depth": 4},
+    "Zookeeper": {"regex": [r"(/|)(\d+\.){3}\d+(:\d+)?"], "st": 0.5, "depth": 4},
+    "BGL": {"regex": [r"core\.\d+"], "st": 0.5, "depth": 4},
+    "HPC": {"regex": [r"=\d+"], "st": 0.5, "depth": 4},
+    "Thunderbird": {"regex": [r"(\d+\.){3}\d+"], "st": 0.5, "depth": 4},
+    "Windows": {"regex": [r"0x.*?\s"], "st": 0.7, "depth": 5},
+    "Linux": {"regex": [r"(\d+\.){3}\d+", r"\d{2}:\d{2}:\d{2}"], "st": 0.39, "depth": 6},
+    "Android": {
+        "regex": [
+            r"(/[\w-]+)+",
+            r"([\w-]+\.){2,}[\w-]+",
+            r"\b(\-?\+?\d+)\b|\b0[Xx][a-fA-F\d]+\b|\b[a-fA-F\d]{4,}\b",
+        ],
+        "st": 0.2,
+        "depth": 6,
+    },
+    "HealthApp": {"regex": [], "st": 0.2, "depth": 4},
+    "Apache": {"regex": [r"(\d+\.){3}\d+"], "st": 0.5, "depth": 4},
+    "Proxifier": {
+        "regex": [r"<\d+\ssec", r"([\w-]+\.)+[\w-]+(:\d+)?", r"\d{2}:\d{2}(:\d{2})*", r"[KGTM]B"],
+        "st": 0.6,
+        "depth": 3,
+    },
+    "OpenSSH": {"regex": [r"(\d+\.){3}\d+", r"([\w-]+\.){2,}[\w-]+"], "st": 0.6, "depth": 5},
+    "OpenStack": {"regex": [r"((\d+\.){3}\d+,?)+", r"/.+?\s", r"\d+"], "st": 0.5, "depth": 5},
+    "Mac": {"regex": [r"([\w-]+\.){2,}[\w-]+"], "st": 0.7, "depth": 6},
+}
+DEFAULT_DRAIN = {"regex": [], "st": 0.4, "depth": 4}
+
+
+def make_drain3(system: str) -> Drain3Miner:
+    s = DRAIN_SETTINGS.get(system, DEFAULT_DRAIN)
+    cfg = TemplateMinerConfig()
+    cfg.drain_sim_th = float(s["st"])  # type: ignore[arg-type]
+    cfg.drain_depth = int(s["depth"])  # type: ignore[call-overload]
+    cfg.masking_instructions = [MaskingInstruction(rx, "*") for rx in s["regex"]]  # type: ignore[union-attr]
+    cfg.profiling_enabled = False
+    return Drain3Miner(config=cfg)
+
+
+class _Drain3Runner:
+    """One drain3 instance per system; final template per line = its cluster's final template."""
+
+    def __init__(self) -> None:
+        self.miners: dict[str, Drain3Miner] = {}
+
+    def feed(self, stream: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, int]], float]:
+        miners = self.miners
+        out: list[tuple[str, int]] = []
+        t0 = time.perf_counter()
+        for system, line in stream:
+            m = miners.get(system)
+            if m is None:
+                m = miners[system] = make_drain3(system)
+            out.append((system, m.add_log_message(line)["cluster_id"]))
+        return out, time.perf_counter() - t0
+
+    def final(self, ids: list[tuple[str, int]]) -> list[str]:
+        return [self.miners[s].drain.id_to_cluster[c].get_template() for s, c in ids]
+
+
+class _OursRunner:
+    def __init__(self) -> None:
+        self.miner = TemplateMiner(TemplatesConfig())
+
+    def feed(self, stream: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, int]], float]:
+        match = self.miner.match
+        out: list[tuple[str, int]] = []
+        t0 = time.perf_counter()
+        for system, line in stream:
+            out.append((system, match(system, line).template_id))
+        return out, time.perf_counter() - t0
+
+    def final(self, ids: list[tuple[str, int]]) -> list[str]:
+        cache: dict[tuple[str, int], str] = {}
+        res = []
+        for key in ids:
+            t = cache.get(key)
+            if t is None:
+                t = cache[key] = self.miner.template(*key) or ""  # resolves merged ids
+            res.append(t)
+        return res
+
+
+def _scores(truth: Sequence[str], predicted: Sequence[str]) -> tuple[float, float, float]:
+    ga, fga = grouping_accuracy(truth, [normalize_template(p) for p in predicted])
+    return ga, fga, parsing_accuracy(truth, predicted)
+
+
+def _run(factory: Callable[[], _OursRunner | _Drain3Runner], stream: list[tuple[str, str]]):
+    runner = factory()
+    gc.collect()
+    ids, elapsed = runner.feed(stream)
+    return runner.final(ids), elapsed
+
+
+def per_system(datasets: list[Dataset]) -> list[dict[str, float | str]]:
+    rows = []
+    for ds in datasets:
+        stream = [(ds.system, line) for line in ds.contents]
+        row: dict[str, float | str] = {"system": ds.system}
+        for name, factory in (("ours", _OursRunner), ("drain3", _Drain3Runner)):
+            pred, elapsed = _run(factory, stream)
+            ga, fga, pa = _scores(ds.truth, pred)
+            row.update(
+                {f"{name}_ga": ga, f"{name}_fga": fga, f"{name}_pa": pa, f"{name}_lps": len(stream) / elapsed}
+            )
+        rows.append(row)
+    return rows
+
+
+def mixed(datasets: list[Dataset]) -> dict[str, float]:
+    stream: list[tuple[str, str]] = []
+    truth: dict[str, list[str]] = {ds.system: ds.truth for ds in datasets}
+    longest = max(len(ds.contents) for ds in datasets)
+    for i in range(longest):
+        for ds in datasets:
+            if i < len(ds.contents):
+                stream.append((ds.system, ds.contents[i]))
+    res: dict[str, float] = {"lines": len(stream)}
+    for name, factory in (("ours", _OursRunner), ("drain3", _Drain3Runner)):
+        pred, elapsed = _run(factory, stream)
+        per: dict[str, list[str]] = {}
+        for (system, _), p in zip(stream, pred, strict=True):
+            per.setdefault(system, []).append(p)
+        scores = [_scores(truth[s], per[s]) for s in truth]
+        res[f"{name}_lps"] = len(stream) / elapsed
+        for k, idx in (("ga", 0), ("fga", 1), ("pa", 2)):
+            res[f"{name}_{k}"] = sum(x[idx] for x in scores) / len(scores)
+    return res
+
+
+def repeated_hdfs(datasets: list[Dataset]) -> dict[str, float]:
+    hdfs = next(ds for ds in datasets if ds.system == "HDFS")
+    stream = [("HDFS", line) for _ in range(HDFS_REPEAT) for line in hdfs.contents]
+    res: dict[str, float] = {"lines": len(stream)}
+    for name, factory in (("ours", _OursRunner), ("drain3", _Drain3Runner)):
+        _, elapsed = _run(factory, stream)
+        res[f"{name}_lps"] = len(stream) / elapsed
+    return res
+
+
+def _rss_kib() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def memory(lines: int = MEMORY_LINES) -> dict[str, float]:
+    """High-cardinality stream: every line carries fresh random words (not maskable), spread over 50
+    services and many first tokens, so templates, buckets, services and cache all hit their caps."""
+    rng = random.Random(7)
+    letters = string.ascii_lowercase
+
+    def word() -> str:
+        return "".join(rng.choices(letters, k=8))
+
+    miner = TemplateMiner(TemplatesConfig())
+    gc.collect()
+    rss0 = _rss_kib()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    checkpoints = []
+    for i in range(lines):
+        service = f"svc{i % 50}" if i % 1000 else f"burst{i}"  # also churn through many services
+        miner.match(service, f"{word()} op {word()} {word()} {word()} status {i % 7}")
+        if (i + 1) % (lines // 4) == 0:
+            checkpoints.append(tracemalloc.get_traced_memory()[0] / 2**20)
+    elapsed = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {
+        "lines": lines,
+        "lps": lines / elapsed,
+        "traced_mib_at_quarters": checkpoints,  # type: ignore[dict-item]
+        "traced_peak_mib": peak / 2**20,
+        "rss_growth_mib": (_rss_kib() - rss0) / 1024,
+        "templates_held": miner.active_templates(),
+        "services_held": len(miner.services()),
+        "evicted_templates": miner.evicted_template_cap
+        + miner.evicted_bucket_cap
+        + miner.evicted_with_service,
+        "evicted_services": miner.services_evicted,
+        "cache_dropped": miner.cache_evicted,
+    }
+
+
+def main() -> None:
+    logging.getLogger("drain3").setLevel(logging.WARNING)
+    datasets = load_all(DATA)
+    print(f"data: {DATA} ({len(datasets)} systems); drain3 0.9.11 with per-dataset Loghub settings")
+    print("accuracy: GA / FGA / PA as Loghub-2.0 defines them; final template per line")
+    rows = per_system(datasets)
+    hdr = (
+        f"{'system':<12} {'GA ours':>8} {'drain3':>7} {'FGA ours':>9} {'drain3':>7} {'PA ours':>8} "
+        f"{'drain3':>7} {'lines/s ours':>13} {'drain3':>8} {'ratio':>6}"
+    )
+    print(hdr)
+    for r in rows:
+        print(
+            f"{r['system']:<12} {r['ours_ga']:>8.3f} {r['drain3_ga']:>7.3f} {r['ours_fga']:>9.3f} "
+            f"{r['drain3_fga']:>7.3f} {r['ours_pa']:>8.3f} {r['drain3_pa']:>7.3f} {r['ours_lps']:>13,.0f} "
+            f"{r['drain3_lps']:>8,.0f} {float(r['ours_lps']) / float(r['drain3_lps']):>6.2f}"
+        )
+    n = len(rows)
+    avg = {k: sum(float(r[k]) for r in rows) / n for k in rows[0] if k != "system"}
+    print(
+        f"{'average':<12} {avg['ours_ga']:>8.3f} {avg['drain3_ga']:>7.3f} {avg['ours_fga']:>9.3f} "
+        f"{avg['drain3_fga']:>7.3f} {avg['ours_pa']:>8.3f} {avg['drain3_pa']:>7.3f}"
+    )
+    m = mixed(datasets)
+    print(
+        f"\nmixed stream ({m['lines']:.0f} lines, {n} systems interleaved): "
+        f"ours {m['ours_lps']:,.0f} lines/s vs drain3 {m['drain3_lps']:,.0f} lines/s "
+        f"= {m['ours_lps'] / m['drain3_lps']:.2f}x; avg GA/FGA/PA ours "
+        f"{m['ours_ga']:.3f}/{m['ours_fga']:.3f}/{m['ours_pa']:.3f} vs drain3 "
+        f"{m['drain3_ga']:.3f}/{m['drain3_fga']:.3f}/{m['drain3_pa']:.3f}"
+    )
+    h = repeated_hdfs(datasets)
+    print(
+        f"repeated HDFS ({h['lines']:.0f} lines): ours {h['ours_lps']:,.0f} lines/s vs drain3 "
+        f"{h['drain3_lps']:,.0f} lines/s = {h['ours_lps'] / h['drain3_lps']:.2f}x"
+    )
+    mem = memory()
+    quarters = ", ".join(f"{x:.1f}" for x in mem["traced_mib_at_quarters"])  # type: ignore[attr-defined]
+    print(
+        f"memory, {mem['lines']:,.0f} high-cardinality lines, default caps: {mem['lps']:,.0f} lines/s, "
+        f"traced MiB at each quarter [{quarters}], peak {mem['traced_peak_mib']:.1f} MiB, RSS growth "
+        f"{mem['rss_growth_mib']:.1f} MiB; held {mem['templates_held']:.0f} templates in "
+        f"{mem['services_held']:.0f} services; evicted {mem['evicted_templates']:.0f} templates, "
+        f"{mem['evicted_services']:.0f} services, {mem['cache_dropped']:.0f} cache entries"
+    )
+
+
+if __name__ == "__main__":
+    main()
