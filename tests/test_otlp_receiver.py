@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import tracemalloc
 import zlib
 
@@ -388,6 +389,13 @@ def test_http_gzip_multi_member_and_corrupt_bodies() -> None:
             requests.post(rr.http_base + "/v1/traces", data=two_members, headers=h, timeout=10).status_code
             == 200
         )
+        deflated = requests.post(
+            rr.http_base + "/v1/traces",
+            data=zlib.compress(raw),
+            headers={"Content-Type": PB, "Content-Encoding": "deflate"},
+            timeout=10,
+        )
+        assert deflated.status_code == 200
         r = requests.post(rr.http_base + "/v1/traces", data=b"not gzip at all", headers=h, timeout=10)
         assert (
             r.status_code == 400
@@ -402,7 +410,7 @@ def test_http_gzip_multi_member_and_corrupt_bodies() -> None:
             timeout=10,
         )
         assert r.status_code == 415
-        assert len(sink.spans()) == 1
+        assert len(sink.spans()) == 2
 
 
 def test_http_wrong_method_and_content_type() -> None:
@@ -614,3 +622,14 @@ def test_default_config_is_valid_and_collector_like() -> None:
     cfg.validate()
     assert (cfg.grpc_endpoint, cfg.http_endpoint) == ("127.0.0.1:4317", "127.0.0.1:4318")
     assert cfg.max_recv_bytes == 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize("key", ["grpc_endpoint", "http_endpoint"])
+def test_port_in_use_is_a_clear_error_naming_the_key(key: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = local_config(**{key: f"127.0.0.1:{busy.getsockname()[1]}"})
+        with pytest.raises(OSError, match=f"otlp.{key}: cannot listen on 127.0.0.1:"):
+            with RunningReceiver(cfg, Sink(), Sink()):
+                pass

@@ -114,12 +114,15 @@ class OtlpReceiver:
         for fn in self._grpc_services:
             fn(server)
         endpoint = cfg.grpc_endpoint
-        if cfg.tls.enabled:
-            port = server.add_secure_port(endpoint, self._grpc_credentials())
-        else:
-            port = server.add_insecure_port(endpoint)
+        try:
+            if cfg.tls.enabled:
+                port = server.add_secure_port(endpoint, self._grpc_credentials())
+            else:
+                port = server.add_insecure_port(endpoint)
+        except RuntimeError as exc:  # grpcio: "Failed to bind to address ..."
+            raise OSError(f"otlp.grpc_endpoint: cannot listen on {endpoint}: {exc}") from None
         if port == 0:
-            raise OSError(f"otlp.grpc_endpoint: cannot bind {endpoint}")
+            raise OSError(f"otlp.grpc_endpoint: cannot listen on {endpoint}")
         await server.start()
         self._grpc = server
         self.grpc_port = port
@@ -140,7 +143,12 @@ class OtlpReceiver:
         site = web.TCPSite(
             runner, host, port, ssl_context=self._ssl_context() if cfg.tls.enabled else None, reuse_port=False
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(
+                f"otlp.http_endpoint: cannot listen on {cfg.http_endpoint}: {exc.strerror or exc}"
+            ) from None
         self.http_port = int(runner.addresses[0][1])
         log.info(
             "OTLP/HTTP listening on %s (port %d)%s",
