@@ -132,8 +132,7 @@ class ServiceGraph:
         max_items = cfg.store_max_items
         dedupe_max = cfg.dedupe_max_items
         dup = dropped = invalid = skipped = 0
-        deferred: list[list] = []
-        # the previous request's unresolved client halves (see the end of consume_traces)
+        deferred: list[list] = []  # this request's new client halves (see the end)
         with self._lock:
             pending = self._pending
             done = self._done
