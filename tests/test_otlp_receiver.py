@@ -633,3 +633,33 @@ def test_port_in_use_is_a_clear_error_naming_the_key(key: str) -> None:
         with pytest.raises(OSError, match=f"otlp.{key}: cannot listen on 127.0.0.1:"):
             with RunningReceiver(cfg, Sink(), Sink()):
                 pass
+
+
+def test_pathologically_nested_payloads_are_400_not_a_crash() -> None:
+    sink = Sink()
+    deep_json = b'{"resourceSpans": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep_pb = _trace_request([(GOOD_TID, GOOD_SID, b"")])
+    attr = deep_pb.resource_spans[0].scope_spans[0].spans[0].attributes.add()
+    attr.key = "deep"
+    value = attr.value
+    for _ in range(150):  # deeper than the protobuf parser's recursion limit (100)
+        kv = value.kvlist_value.values.add()
+        kv.key = "k"
+        value = kv.value
+    data = deep_pb.SerializeToString()
+    with RunningReceiver(local_config(), sink, sink) as rr:
+        r = requests.post(
+            rr.http_base + "/v1/traces",
+            data=deep_json,
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert r.status_code == 400 and "nested too deeply" in r.text
+        r = requests.post(rr.http_base + "/v1/traces", data=data, headers={"Content-Type": PB}, timeout=10)
+        assert r.status_code == 400
+        assert "cannot decode" in status_pb2.Status.FromString(r.content).message
+        with grpc.insecure_channel(rr.grpc_target) as ch, pytest.raises(grpc.RpcError) as ei:
+            ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")(data, timeout=10)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert requests.post(rr.http_base + "/v1/traces", json=TRACE_JSON, timeout=10).status_code == 200
+        assert len(sink.spans()) == 1
