@@ -218,7 +218,7 @@ def bench_memory(n: int) -> list[str]:
             lines_out.append(
                 f"{done:>9,} lines  RSS {rss_mib() - base:7.1f} MiB above start  templates "
                 f"{stage.miner.active_templates():6d}  open windows {stage.windows.open_windows():6d}  "
-                f"baselines {len(det.services()):4d}  evictions {int(ev):9d}  "
+                f"baselines {len(det.services()):4d} ({det.entries():7d} entries)  evictions {int(ev):9d}  "
                 f"{done / (time.perf_counter() - t):8.0f} lines/s")
     stage.flush()
     return lines_out

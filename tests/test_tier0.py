@@ -307,3 +307,16 @@ def test_session_implication_invariant() -> None:
     check_contract(a, "sequence")
     assert "occurred without #1" in a.finding.body  # type: ignore[union-attr]
     assert not det.assess(session(1000, [1, 2, 3, 4, 7])).flagged
+
+
+def test_total_entries_budget_drops_least_recent_services() -> None:
+    reg = CollectorRegistry()
+    det = Tier0Detector(DetectConfig(max_entries_total=50), None, reg)
+    for k, s in enumerate(("a", "b", "c", "d", "e")):
+        det.assess(win(0, {t: 1 for t in range(100 * k, 100 * k + 12)}, service=s))  # 12 templates + hist
+        assert det.entries() <= 50
+    assert det.services() == ["e"] or det.services()[-1] == "e"
+    assert len(det.services()) < 5
+    assert reg.get_sample_value("tier0_baseline_evictions_total", {"reason": "entries_budget"}) >= 3
+    info = det.baseline_info("e")
+    assert info is not None and info["templates"] == 12

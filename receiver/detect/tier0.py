@@ -91,15 +91,17 @@ class DetectConfig(StageConfig):
     seq_min_support: int = 10  # occurrences of a context before its transitions are judged
     seq_smoothing: float = 0.5  # additive smoothing of transition probabilities
     inv_templates: int = 24  # per session, the most common templates whose pairs are counted
-    max_pairs_per_service: int = 20_000  # template pairs tracked for count invariants
+    max_pairs_per_service: int = 5_000  # template pairs tracked for count invariants
     inv_min_support: int = 50  # sessions showing a template pair before its invariant is used
     inv_min_hold: float = 0.97  # an invariant must hold in this share of those sessions
     novel_info_prior: float = 0.35
     error_word_bonus: float = 0.15
     error_words: list[str] = field(default_factory=lambda: list(DEFAULT_ERROR_WORDS))
     max_services: int = 1000
-    max_templates_per_service: int = 5000
-    max_transitions_per_service: int = 50_000
+    max_templates_per_service: int = 2000
+    max_transitions_per_service: int = 10_000
+    max_entries_total: int = 1_000_000  # all baselines together (templates, histogram, transitions,
+    # pairs); beyond it the least recently seen services' baselines are dropped
     max_evidence: int = 5
 
     def validate(self) -> None:
@@ -111,7 +113,7 @@ class DetectConfig(StageConfig):
         require(isinstance(self.inv_min_hold, (int, float)) and 0.5 <= self.inv_min_hold < 1,
                 "detect.inv_min_hold", f"must be in [0.5, 1), got {self.inv_min_hold!r}")
         for key in ("warmup_windows", "warmup_sessions", "min_errors", "shift_min_count", "seq_min_support",
-                    "inv_templates", "inv_min_support", "max_pairs_per_service",
+                    "inv_templates", "inv_min_support", "max_pairs_per_service", "max_entries_total",
                     "max_services", "max_templates_per_service", "max_transitions_per_service",
                     "max_evidence"):
             v = getattr(self, key)
@@ -249,6 +251,7 @@ class _Baseline:
         self.ctx_total: dict[tuple[int, ...], int] = {}
         self.n_trans = 0
         self.silent = False  # a silence was reported and no line has arrived since (not persisted)
+        self.size = 0  # entries accounted in the detector's total
         self.sess_df: dict[int, int] = {}  # template -> sessions containing it (count invariants)
         # (x, y), x < y -> [sessions with both, sessions with both and count(x) == count(y)]
         self.pairs: dict[tuple[int, int], list[int]] = {}
@@ -311,6 +314,7 @@ class Tier0Detector:
         self._next = next
         self._lock = threading.Lock()
         self._baselines: OrderedDict[str, _Baseline] = OrderedDict()
+        self._entries = 0
         words = sorted({w.lower() for w in self.config.error_words if w}, key=len, reverse=True)
         self._error_re = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")", re.IGNORECASE) \
             if words else None
@@ -344,6 +348,7 @@ class Tier0Detector:
             best = max(problems, key=lambda p: p.confidence) if problems else None
             flagged = best is not None and best.confidence >= self.config.threshold
             self._learn(b, w, flagged)
+            self._account(w.service, b)
         child = self._window_children.get(w.kind)
         (child if child is not None else self.m_windows.labels(w.kind)).inc()
         reasons = [f"{p.type} ({p.confidence:.2f}): {p.explanation}" for p in
@@ -645,11 +650,33 @@ class Tier0Detector:
         b.n_trans -= len(drop)
         self.m_evicted.labels("transitions").inc(len(drop))
 
+    def _account(self, service: str, b: _Baseline) -> None:
+        """Keep the total size of all baselines under `max_entries_total` (LRU services dropped)."""
+        size = len(b.templates) + len(b.hist) + len(b.sess_df) + b.n_trans + len(b.pairs)
+        self._entries += size - b.size
+        b.size = size
+        while self._entries > self.config.max_entries_total and len(self._baselines) > 1:
+            name, old = next(iter(self._baselines.items()))
+            if name == service:
+                break
+            self._drop(name)
+            self.m_evicted.labels("entries_budget").inc()
+
+    def _drop(self, name: str) -> None:
+        old = self._baselines.pop(name)
+        self._entries -= old.size
+        self.m_services.set(len(self._baselines))
+
+    def entries(self) -> int:
+        """Entries held by all baselines (templates + histogram + transitions + pairs)."""
+        with self._lock:
+            return self._entries
+
     def _baseline(self, service: str) -> _Baseline:
         b = self._baselines.get(service)
         if b is None:
             if len(self._baselines) >= self.config.max_services:
-                self._baselines.popitem(last=False)
+                self._drop(next(iter(self._baselines)))
                 self.m_evicted.labels("services").inc()
             b = self._baselines[service] = _Baseline()
             self.m_services.set(len(self._baselines))
@@ -731,6 +758,10 @@ class Tier0Detector:
             loaded[str(name)] = _Baseline.from_json(bj)
         with self._lock:
             self._baselines = loaded
+            self._entries = 0
+            for b in loaded.values():
+                b.size = len(b.templates) + len(b.hist) + len(b.sess_df) + b.n_trans + len(b.pairs)
+                self._entries += b.size
             self.m_services.set(len(loaded))
         return len(loaded)
 
