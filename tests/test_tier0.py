@@ -320,3 +320,33 @@ def test_total_entries_budget_drops_least_recent_services() -> None:
     assert reg.get_sample_value("tier0_baseline_evictions_total", {"reason": "entries_budget"}) >= 3
     info = det.baseline_info("e")
     assert info is not None and info["templates"] == 12
+
+
+def test_new_variant_of_a_known_event_family_is_weak_evidence() -> None:
+    from receiver.detect.tier0 import template_family
+
+    assert template_family("ciod: Error creating node map from file <*>: Permission denied", 4) == \
+        "ciod: Error creating node"
+    ddr = "<*> ddr errors(s) detected and corrected on rank <*>"
+    assert template_family(ddr, 3) == "ddr errors(s) detected"
+    assert template_family("anything", 0) == ""
+    det, _ = trained()
+    rng = random.Random(9)
+
+    def with_template(i: int, tid: int, text: str) -> Window:
+        w = normal(i, rng)
+        w.template_counts[tid] = 1
+        w.templates[tid] = text
+        w.template_worst[tid] = "fatal"
+        w.template_errors[tid] = 1
+        w.severity_counts["fatal"] = 1
+        w.count += 1
+        return w
+
+    node_map = "ciod: Error creating node map from file <*>: "
+    first = det.assess(with_template(200, 50, node_map + "No child processes"))
+    check_contract(first, "novel_template")
+    variant = det.assess(with_template(201, 51, node_map + "Permission denied"))
+    assert not variant.flagged and "a variant of a known event" in variant.reasons[0]
+    other = det.assess(with_template(202, 52, "rts panic! - stopping execution"))
+    check_contract(other, "novel_template")

@@ -95,6 +95,8 @@ class DetectConfig(StageConfig):
     inv_min_support: int = 50  # sessions showing a template pair before its invariant is used
     inv_min_hold: float = 0.97  # an invariant must hold in this share of those sessions
     novel_info_prior: float = 0.35
+    family_tokens: int = 4  # a template's family = its first N constant tokens (0 disables families)
+    known_family_factor: float = 0.5  # novelty prior multiplier for a new template of a known family
     error_word_bonus: float = 0.15
     error_words: list[str] = field(default_factory=lambda: list(DEFAULT_ERROR_WORDS))
     max_services: int = 1000
@@ -120,6 +122,10 @@ class DetectConfig(StageConfig):
             require(isinstance(v, int) and v >= 0, f"detect.{key}", f"must be an integer >= 0, got {v!r}")
         for key in ("max_services", "max_templates_per_service", "max_transitions_per_service"):
             positive(getattr(self, key), f"detect.{key}")
+        require(isinstance(self.known_family_factor, (int, float)) and 0 <= self.known_family_factor <= 1,
+                "detect.known_family_factor", f"must be in [0, 1], got {self.known_family_factor!r}")
+        require(isinstance(self.family_tokens, int) and self.family_tokens >= 0, "detect.family_tokens",
+                f"must be an integer >= 0, got {self.family_tokens!r}")
         for key in ("surprise_slope", "seq_smoothing"):
             positive(getattr(self, key), f"detect.{key}")
         require(isinstance(self.error_words, list), "detect.error_words", "must be a list of words")
@@ -157,6 +163,25 @@ class Tier0Only:
 
     def shutdown(self) -> None:
         return None
+
+
+_WILD = re.compile(r"<\*>|<[A-Z_]+>")
+
+
+def template_family(template: str, n: int) -> str:
+    """The first `n` constant tokens of a template (tokens holding a parameter are skipped): two
+    templates that a parser split on a trailing detail (`... from file <*>: Permission denied` vs
+    `... : Bad file descriptor`) share a family."""
+    if n <= 0:
+        return ""
+    out: list[str] = []
+    for tok in template.split():
+        if "<" in tok and _WILD.search(tok):
+            continue
+        out.append(tok)
+        if len(out) >= n:
+            break
+    return " ".join(out)
 
 
 def confidence_from_surprise(surprise: float, midpoint: float, slope: float) -> float:
@@ -242,6 +267,7 @@ class _Baseline:
         self.windows = 0  # tumbling windows learned
         self.sessions = 0  # sessions learned
         self.templates: OrderedDict[int, int] = OrderedDict()  # template id -> lines (LRU)
+        self.families: OrderedDict[str, int] = OrderedDict()  # template family -> templates seen (LRU)
         self.error_share = _Ewma()
         self.warn_share = _Ewma()
         self.count = _Ewma()  # lines per tumbling window
@@ -264,6 +290,7 @@ class _Baseline:
             "windows": self.windows,
             "sessions": self.sessions,
             "templates": [[k, v] for k, v in self.templates.items()],
+            "families": [[k, v] for k, v in self.families.items()],
             "error_share": self.error_share.to_list(),
             "warn_share": self.warn_share.to_list(),
             "count": self.count.to_list(),
@@ -280,6 +307,7 @@ class _Baseline:
         b.windows = int(d["windows"])
         b.sessions = int(d["sessions"])
         b.templates = OrderedDict((int(k), int(v)) for k, v in d["templates"])
+        b.families = OrderedDict((str(k), int(v)) for k, v in d.get("families", []))
         b.error_share = _Ewma(*d["error_share"][:2], int(d["error_share"][2]))
         b.warn_share = _Ewma(*d["warn_share"][:2], int(d["warn_share"][2]))
         b.count = _Ewma(*d["count"][:2], int(d["count"][2]))
@@ -444,6 +472,10 @@ class Tier0Detector:
             words = self.error_words_in(text)
             if words:
                 prior = min(0.97, prior + cfg.error_word_bonus)
+            family = template_family(text, cfg.family_tokens)
+            known_family = bool(family) and family in b.families
+            if known_family:  # a variant of a known event (parser split): much weaker evidence
+                prior *= cfg.known_family_factor
             if best is None or prior > best.confidence:
                 severity = {"fatal": "critical", "error": "high", "warn": "medium"}.get(
                     sev, "medium" if words else "low")
@@ -451,7 +483,8 @@ class Tier0Detector:
                     "novel_template", prior, severity,
                     f"{len(novel)} template(s) never seen before for {w.service}; strongest: "
                     f"\"{text[:200]}\" ({w.template_counts[t]} line(s), worst severity {sev}"
-                    + (f", error words: {', '.join(words)}" if words else "") + ")",
+                    + (f", error words: {', '.join(words)}" if words else "")
+                    + (", a variant of a known event" if known_family else "") + ")",
                     [t] + [x for x in novel if x != t])
         return [best] if best else []
 
@@ -530,8 +563,16 @@ class Tier0Detector:
         for t, n in w.template_counts.items():
             if t < 0:
                 continue
+            if t not in b.templates and cfg.family_tokens:
+                fam = template_family(w.templates.get(t, ""), cfg.family_tokens)
+                if fam:
+                    b.families[fam] = b.families.get(fam, 0) + 1
+                    b.families.move_to_end(fam)
             b.templates[t] = b.templates.get(t, 0) + n
             b.templates.move_to_end(t)
+        while len(b.families) > cfg.max_templates_per_service:
+            b.families.popitem(last=False)
+            self.m_evicted.labels("families").inc()
         while len(b.templates) > cfg.max_templates_per_service:
             b.templates.popitem(last=False)
             self.m_evicted.labels("templates").inc()
@@ -652,7 +693,7 @@ class Tier0Detector:
 
     def _account(self, service: str, b: _Baseline) -> None:
         """Keep the total size of all baselines under `max_entries_total` (LRU services dropped)."""
-        size = len(b.templates) + len(b.hist) + len(b.sess_df) + b.n_trans + len(b.pairs)
+        size = len(b.templates) + len(b.families) + len(b.hist) + len(b.sess_df) + b.n_trans + len(b.pairs)
         self._entries += size - b.size
         b.size = size
         while self._entries > self.config.max_entries_total and len(self._baselines) > 1:
@@ -760,7 +801,8 @@ class Tier0Detector:
             self._baselines = loaded
             self._entries = 0
             for b in loaded.values():
-                b.size = len(b.templates) + len(b.hist) + len(b.sess_df) + b.n_trans + len(b.pairs)
+                b.size = (len(b.templates) + len(b.families) + len(b.hist) + len(b.sess_df) + b.n_trans
+                          + len(b.pairs))
                 self._entries += b.size
             self.m_services.set(len(loaded))
         return len(loaded)
