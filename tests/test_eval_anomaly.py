@@ -61,3 +61,19 @@ def test_llm_hook_can_override_verdicts() -> None:
 
     res = anomaly.evaluate(BGL, llm=VetoAll())
     assert res["tp"] == 0 and res["fp"] == 0 and res["fn"] == 14
+
+
+def test_llm_argument_resolution(capsys: pytest.CaptureFixture[str]) -> None:
+    assert anomaly.resolve_llm(None) is None and anomaly.resolve_llm("off") is None
+    assert anomaly.run(str(BGL), as_json=True, llm="off") == 0
+    assert json.loads(capsys.readouterr().out)["tp"] >= 10
+
+    class Reviewer:
+        def review(self, assessments: list[anomaly.Assessment]) -> list[bool]:
+            return [a.flagged for a in assessments]
+
+        def report(self) -> dict[str, int]:
+            return {"calls": 0}
+
+    res = anomaly.evaluate(BGL, llm=Reviewer())
+    assert res["llm"] == {"calls": 0} and res["tp"] >= 10

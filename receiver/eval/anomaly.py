@@ -52,16 +52,42 @@ class Chain:
     detector: Tier0Detector
     judge: Callable[[Sequence[Window]], list[Assessment]]
     flagged: Callable[[Assessment], bool]
+    reviewer: Any = None
+
+    def llm_report(self) -> dict[str, Any] | None:
+        report = getattr(self.reviewer, "report", None)
+        return report() if callable(report) else None
+
+
+def resolve_llm(llm: Any) -> Any:
+    """`llm` as given to `run`: None / "" / "off" -> tier 0 only; an object with
+    `review(assessments) -> list[bool]` -> used as is; any other string (`local`, a URL) is handed to
+    `receiver.llm.eval_hook.make_reviewer(spec)` (the LLM cascade's evaluation hook) which returns
+    such an object."""
+    if llm is None or (isinstance(llm, str) and llm.strip().lower() in ("", "off", "none")):
+        return None
+    if hasattr(llm, "review"):
+        return llm
+    if isinstance(llm, str):
+        try:
+            from receiver.llm.eval_hook import make_reviewer  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ValueError(f"--llm {llm}: the LLM cascade has no evaluation hook "
+                             f"(receiver.llm.eval_hook.make_reviewer): {exc}") from exc
+        return make_reviewer(llm)
+    raise ValueError(f"llm: expected off, local, a URL or a reviewer object, got {llm!r}")
 
 
 def build_chain(config: DetectConfig | None = None, llm: Any = None,
                 registry: CollectorRegistry | None = None) -> Chain:
-    """Build the detector chain used by the evaluation. Tier 0 alone when `llm` is None.
+    """Build the detector chain used by the evaluation. Tier 0 alone when `llm` resolves to None.
 
-    Hook for the LLM cascade: if `llm` is given it must offer `review(assessments) -> list[bool]`
-    (the final verdict per assessment, e.g. tier 1/2 confirming or dismissing tier 0's flags, and
-    possibly flagging windows tier 0 let through); the chain then reports those verdicts.
+    Hook for the LLM cascade: `llm` (see `resolve_llm`) offers `review(assessments) -> list[bool]`,
+    the final verdict per assessment (tier 1/2 confirming or dismissing tier 0's flags, possibly
+    flagging windows tier 0 let through); the chain then scores those verdicts. If the reviewer also
+    has `report() -> dict`, that dict is added to the result under "llm".
     """
+    llm = resolve_llm(llm)
     det = Tier0Detector(config or DetectConfig(), None, registry)
 
     if llm is None:
@@ -75,7 +101,7 @@ def build_chain(config: DetectConfig | None = None, llm: Any = None,
             verdicts[id(a)] = bool(v)
         return out
 
-    return Chain(det, judge, lambda a: verdicts.get(id(a), a.flagged))
+    return Chain(det, judge, lambda a: verdicts.get(id(a), a.flagged), llm)
 
 
 def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -156,7 +182,7 @@ def eval_sessions(path: Path, llm: Any = None, config: DetectConfig | None = Non
         "items": len(test), "train_items": len(train), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
         "flagged_by_type": by_type, "ambiguous_anomalies": ambiguous, "f1_ceiling": ceiling_f1,
         "seconds": round(elapsed, 3),
-    }
+    } | ({"llm": chain.llm_report()} if chain.llm_report() is not None else {})
 
 
 # ---------------------------------------------------------------------------- (b) labelled raw log
@@ -225,7 +251,7 @@ def eval_labelled_log(path: Path, llm: Any = None, config: DetectConfig | None =
         "dataset": str(path), "mode": "windows", "window_s": window_s, "precision": p, "recall": r, "f1": f1,
         "items": len(closed), "lines": lines, "unparsed_lines": bad, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
         "flagged_by_type": by_type, "seconds": round(time.perf_counter() - started, 3),
-    }
+    } | ({"llm": chain.llm_report()} if chain.llm_report() is not None else {})
 
 
 def evaluate(path: str | Path, llm: Any = None, config: DetectConfig | None = None,
