@@ -21,8 +21,13 @@ Rows:
   logs    receiver, no-op consumer
 Plus peak RSS of the receiver process while 1M spans with >=100k distinct traces pass with graph on.
 
-Env/flags: BENCH_INGEST_SECONDS (measurement window, default 5), BENCH_INGEST_STREAMS (concurrent
-in-flight calls, default 8), BENCH_INGEST_RSS_SPANS (default 1_000_000; 0 skips the RSS run).
+Each case runs BENCH_INGEST_REPEATS times (default 2), interleaved; the table shows the best run.
+Server CPU is the server process's CPU time over the window: on a shared 2-core machine the server may get
+much less than a core, so "items per server CPU-second" (and its ratio) is reported beside items/s.
+
+Env/flags: BENCH_INGEST_SECONDS (measurement window, default 4), BENCH_INGEST_REPEATS (default 2),
+BENCH_INGEST_STREAMS (concurrent in-flight calls, default 8), BENCH_INGEST_RSS_SPANS (default 1_000_000;
+0 skips the RSS run), --only traces:graph,logs:receiver (baselines always run).
 """
 
 from __future__ import annotations
@@ -448,8 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--streams", type=int, default=int(os.environ.get("BENCH_INGEST_STREAMS", "8")))
     ap.add_argument("--channels", type=int, default=2)
     ap.add_argument("--max-items", type=int, default=0)
-    ap.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_INGEST_SECONDS", "5")))
-    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_INGEST_SECONDS", "4")))
+    ap.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_INGEST_REPEATS", "2")))
+    ap.add_argument("--warmup", type=float, default=1.5)
     ap.add_argument("--rss-spans", type=int, default=int(os.environ.get("BENCH_INGEST_RSS_SPANS", "1000000")))
     ap.add_argument("--only", default="", help="comma list of cases, e.g. traces:graph,logs:receiver")
     args = ap.parse_args(sys.argv[1:] if argv is None and __name__ == "__main__" else (argv or []))
@@ -478,16 +484,23 @@ def main(argv: list[str] | None = None) -> None:
     if not graph:
         print("NOTE: receiver.graph.ServiceGraph not importable: no 'graph on' row", flush=True)
     results = []
-    for signal, mode in cases:
-        r = run_case(mode, signal, args.warmup, args.seconds, args.streams)
-        results.append(r)
-        print(
-            f"  measured {signal:6} {mode:9} {r['rate']:>10,.0f} items/s  (client: {r['client']})", flush=True
-        )
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {c: [] for c in cases}
+    for rep in range(args.repeats):  # interleaved, so a burst of load elsewhere hits every case alike
+        for signal, mode in cases:
+            r = run_case(mode, signal, args.warmup, args.seconds, args.streams)
+            runs[(signal, mode)].append(r)
+            eff = r["rate"] / max(r["server_cpu"], 1e-9)
+            print(
+                f"  run {rep + 1} {signal:6} {mode:9} {r['rate']:>10,.0f} items/s, server CPU "
+                f"{r['server_cpu']:.2f} cores, {eff:>10,.0f} items per CPU-s  (client: {r['client']})",
+                flush=True,
+            )
+    for c in cases:  # best of the repeats, by throughput and by cost (each from its own run)
+        best = max(runs[c], key=lambda r: r["rate"])
+        best["eff"] = max(r["rate"] / max(r["server_cpu"], 1e-9) for r in runs[c])
+        results.append(best)
     base = {r["signal"]: r["rate"] for r in results if r["mode"] == "baseline"}
-    base_eff = {
-        r["signal"]: r["rate"] / max(r["server_cpu"], 1e-9) for r in results if r["mode"] == "baseline"
-    }
+    base_eff = {r["signal"]: r["eff"] for r in results if r["mode"] == "baseline"}
     label = {
         "baseline": "baseline: grpc.aio + ParseFromString only",
         "receiver": "receiver, no-op consumer",
@@ -499,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        eff = r["rate"] / max(r["server_cpu"], 1e-9)
+        eff = r["eff"]
         print(
             f"| {r['signal']} | {label[r['mode']]} | {r['rate']:,.0f} | {r['rate'] / base[r['signal']]:.2f} "
             f"| {r['server_cpu']:.2f} | {eff:,.0f} | {eff / base_eff[r['signal']]:.2f} | {r['rss_mb']:.0f} |"
@@ -507,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "ratio = vs the decode-only baseline of the same signal, measured in this run. items/s depends on how"
         " much CPU the server got (2 cores shared with the client process and anything else running);"
-        " items per server CPU-second is the steadier cost measure."
+        " items per server CPU-second is the steadier cost measure. Best of the repeated runs."
     )
     if args.rss_spans and graph:
         r = run_case("graph", "traces", 0, 0, args.streams, max_items=args.rss_spans)
