@@ -33,17 +33,12 @@ _DURATION = (
     r"(?:ms|msecs?|milliseconds?|us|µs|ns|sec|secs|seconds?|mins?|minutes?|hours?)\b"
 )
 _SPANS = f"{_DATETIME}|{_SIZE}|{_DURATION}"
-# the span regex only runs on lines containing one of these (cheap substring tests first)
-_SPAN_HINTS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec") + (
-    "B",
-    "bytes",
-    "sec",
-    "ms",
-    "min",
-    "hour",
-    "us",
-    "ns",
+# the span regex only runs on lines with a token (punctuation stripped) that is a unit or a month
+_UNIT_WORDS = frozenset(
+    "B KB MB GB TB KiB MiB GiB TiB bytes byte sec secs second seconds ms msec msecs millisecond "
+    "milliseconds us µs ns min mins minute minutes hour hours".split()
 )
+_MONTHS = frozenset("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
 _SENTINEL = "\ue000"  # stands for a masked date inside the line while tokens are masked
 # Every default pattern needs a digit or one of these characters: tokens without any skip the regex.
 _MAYBE_VARIABLE = re.compile(r"[\d/\\.:]").search
@@ -70,6 +65,28 @@ _DEFAULT_PATTERNS: list[tuple[str, str]] = [
 ]
 
 
+# What a token must contain for a pattern to possibly match: digit, dot, slash, colon, dash.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "url": ("slash", "colon"),
+    "uuid": ("dash",),
+    "isodate": ("digit",),
+    "ipv4": ("digit", "dot"),
+    "mac": ("colon",),
+    "block": ("digit",),
+    "hex": ("digit",),
+    "path": ("slash",),
+    "host": ("dot",),
+    "dotted": ("digit", "dot"),
+    "time": ("digit", "colon"),
+    "number": ("digit",),
+    "word_digit": ("digit",),
+    "longhex": ("digit",),
+}
+_FEATURES = ("digit", "dot", "slash", "colon", "dash")
+_DIGIT = re.compile(r"\d").search
+_PUNCT = "()[]{}<>,;:'\"=."
+
+
 def compile_patterns(
     patterns: list[tuple[str, str]] | None = None, extra: list[str] | None = None
 ) -> re.Pattern[str]:
@@ -82,6 +99,20 @@ def compile_patterns(
     return re.compile("(" + "|".join(f"(?:{p})" for p in pats) + ")")
 
 
+_BY_SHAPE: dict[tuple[bool, ...], re.Pattern[str] | None] = {}  # at most 2**5 entries
+
+
+def _compile_for(shape: tuple[bool, ...]) -> re.Pattern[str] | None:
+    cached = _BY_SHAPE.get(shape, False)
+    if cached is not False:
+        return cached  # type: ignore[return-value]
+    have = {f for f, on in zip(_FEATURES, shape, strict=True) if on}
+    pats = [(n, p) for n, p in _DEFAULT_PATTERNS if all(x in have for x in _NEEDS.get(n, ()))]
+    rx = compile_patterns(pats) if pats else None
+    _BY_SHAPE[shape] = rx
+    return rx
+
+
 class Masker:
     """Masks variable spans of a log line. `mask_tokens(text)` returns (masked tokens, params):
     the line split on whitespace, each token with its variable spans replaced by `<*>`, and the
@@ -91,13 +122,26 @@ class Masker:
     result is cached: most tokens of a log stream repeat, and a repeated token costs one dict lookup.
     The token cache is bounded (`cache_size`; cleared when full, counted in `cache_dropped`)."""
 
-    __slots__ = ("_rx", "_dt", "_cache", "_cache_size", "_extra", "cache_dropped")
+    __slots__ = (
+        "_rx",
+        "_dt",
+        "_cache",
+        "_cache_size",
+        "_extra",
+        "_extra_patterns",
+        "_by_features",
+        "cache_dropped",
+    )
 
     def __init__(self, extra_patterns: list[str] | None = None, cache_size: int = 100_000) -> None:
         self._rx = compile_patterns(None, extra_patterns)
         self._extra = bool(extra_patterns)
+        self._extra_patterns = list(extra_patterns or [])
+        # per token "shape" (which of digit/dot/slash/colon/dash it has): only the patterns that can
+        # match it, compiled on first use (at most 32 variants)
+        self._by_features: dict[tuple[bool, ...], re.Pattern[str] | None] = {}
         self._dt = re.compile(f"((?:{_SPANS}))")
-        self._cache: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._cache: dict[str, tuple[str, tuple[str, ...], bool]] = {}
         self._cache_size = cache_size
         self.cache_dropped = 0
 
@@ -107,22 +151,23 @@ class Masker:
         return " ".join(tokens), params
 
     def mask_tokens(self, text: str) -> tuple[list[str], list[str]]:
-        dates: list[str] | None = None
-        for hint in _SPAN_HINTS:
-            if hint in text:
-                parts = self._dt.split(text)
-                if len(parts) > 1:
-                    text = _SENTINEL.join(parts[0::2])
-                    dates = parts[1::2]
-                break
+        tokens, params, hinted = self._tokens(text, None)
+        if hinted:  # a month name or a unit word: dates / sizes / durations may span tokens
+            parts = self._dt.split(text)
+            if len(parts) > 1:
+                tokens, params, _ = self._tokens(_SENTINEL.join(parts[0::2]), parts[1::2])
+        return tokens, params
+
+    def _tokens(self, text: str, spans: list[str] | None) -> tuple[list[str], list[str], bool]:
         cache = self._cache
         tokens: list[str] = []
         params: list[str] = []
+        hinted = False
         for tok in text.split():
             hit = cache.get(tok)
             if hit is None:
-                if dates is not None and _SENTINEL in tok:
-                    masked, tparams = self._with_dates(tok, dates)
+                if spans is not None and _SENTINEL in tok:
+                    masked, tparams = self._with_dates(tok, spans)
                     tokens.append(masked)
                     params.extend(tparams)
                     continue
@@ -134,17 +179,34 @@ class Masker:
             tokens.append(hit[0])
             if hit[1]:
                 params.extend(hit[1])
-        return tokens, params
+            if hit[2]:
+                hinted = True
+        return tokens, params, hinted
 
-    def _mask_token(self, tok: str) -> tuple[str, tuple[str, ...]]:
-        if tok.isdigit() and not self._extra:
-            return WILDCARD, (tok,)
-        if not _MAYBE_VARIABLE(tok) and not self._extra:
-            return tok, ()
-        parts = self._rx.split(tok)
+    def _mask_token(self, tok: str) -> tuple[str, tuple[str, ...], bool]:
+        core = tok.strip(_PUNCT)
+        hint = core in _UNIT_WORDS or (core[:3] in _MONTHS and core.isalpha())
+        if self._extra:
+            rx: re.Pattern[str] | None = self._rx
+        else:
+            if tok.isdigit():
+                return WILDCARD, (tok,), hint
+            if not _MAYBE_VARIABLE(tok):
+                return tok, (), hint
+            if core.isdigit():  # 123, (123) [123]: ... (same result as the number pattern)
+                i = tok.find(core)
+                return tok[:i] + WILDCARD + tok[i + len(core) :], (core,), hint
+            shape = (_DIGIT(tok) is not None, "." in tok, "/" in tok or "\\" in tok, ":" in tok, "-" in tok)
+            try:
+                rx = self._by_features[shape]
+            except KeyError:
+                rx = self._by_features[shape] = _compile_for(shape)
+            if rx is None:
+                return tok, (), hint
+        parts = rx.split(tok)
         if len(parts) == 1:
-            return tok, ()
-        return WILDCARD.join(parts[0::2]), tuple(parts[1::2])
+            return tok, (), hint
+        return WILDCARD.join(parts[0::2]), tuple(parts[1::2]), hint
 
     def _with_dates(self, tok: str, dates: list[str]) -> tuple[str, list[str]]:
         pieces = tok.split(_SENTINEL)
@@ -155,7 +217,7 @@ class Masker:
                 out.append(WILDCARD)
                 params.append(dates.pop(0) if dates else "")
             if piece:
-                masked, tparams = self._mask_token(piece)
+                masked, tparams, _ = self._mask_token(piece)
                 out.append(masked)
                 params.extend(tparams)
         return "".join(out), params

@@ -24,7 +24,9 @@ metrics. Templates survive restarts through `save(path)` / `load(path)` (JSON, a
 from __future__ import annotations
 
 import json
+import operator
 import os
+import re
 import tempfile
 import threading
 from collections import OrderedDict
@@ -143,7 +145,7 @@ class TemplateMatch:
 
 
 class _Cluster:
-    __slots__ = ("id", "tokens", "template", "count", "alive", "key", "last", "merged_into", "verify")
+    __slots__ = ("id", "tokens", "template", "count", "alive", "key", "last", "merged_into", "verify", "skel")
 
     def __init__(self, cid: int, tokens: list[str], key: tuple[int, str], count: int = 0) -> None:
         self.id = cid
@@ -154,19 +156,28 @@ class _Cluster:
         self.key = key
         self.last = 0  # miner line counter at the last match (bucket LRU)
         self.merged_into: _Cluster | None = None
-        self.verify = _VERIFY if _literal_digits(tokens) else 0
+        # a template keeping digits as constants (`ssh2`, `node n1`) is checked on its next
+        # `_VERIFY` lines before the line cache (which ignores digits) is trusted for it
+        self.verify = _VERIFY if _has_digit(self.template) else 0
+        self.skel = [_skel_token(t) for t in tokens]
 
     def set_tokens(self, tokens: list[str]) -> None:
         self.tokens = tokens
         self.template = " ".join(tokens)
-        self.verify = _VERIFY if _literal_digits(tokens) else 0
+        self.verify = _VERIFY if _has_digit(self.template) else 0
+        self.skel = [_skel_token(t) for t in tokens]
 
 
-def _literal_digits(tokens: list[str]) -> bool:
-    """Does the template keep digits as constants (`ssh2`, `node n1`)? Lines differing only in
-    digits share a line-cache key, so such a template is checked on its next `_VERIFY` lines before
-    the cache is trusted for it."""
-    return any(_has_digit(t) for t in tokens)
+def _skel_token(token: str) -> str:
+    """A token with its value parts erased: what must stay equal between sibling templates."""
+    if WILDCARD in token or _has_digit(token):
+        return WILDCARD
+    i = token.find("=")
+    if i > 0:
+        return token[: i + 1]
+    if token.lower() in _VALUE_WORDS:
+        return WILDCARD
+    return token
 
 
 class _Service:
@@ -182,11 +193,11 @@ class _Service:
         self.last = 0  # miner line counter when this service was last seen (service LRU)
 
 
+_DIGIT = re.compile(r"[0-9]").search
+
+
 def _has_digit(token: str) -> bool:
-    for ch in token:
-        if "0" <= ch <= "9":
-            return True
-    return False
+    return _DIGIT(token) is not None
 
 
 def _first_key(tokens: list[str]) -> str:
@@ -465,28 +476,28 @@ class TemplateMiner:
 
     def _best(self, bucket: Iterable[_Cluster], tokens: list[str]) -> _Cluster | None:
         n = len(tokens)
+        need = self.config.similarity_threshold * n
+        eq = operator.eq
         best: _Cluster | None = None
-        best_sim = -1.0
+        best_same = -1
         best_params = -1
         for cl in bucket:
-            same = 0
+            same = sum(map(eq, cl.tokens, tokens))
+            if same < need or same < best_same:
+                continue  # as Drain: only equal tokens count as similar (wildcards are allowed)
             params = 0
             ok = True
-            for a, b in zip(cl.tokens, tokens, strict=True):
-                if a == b:
-                    same += 1
-                elif WILDCARD in a and _glob(a, b):
-                    params += 1
-                elif not _value_diff(a, b):
-                    ok = False
-                    break
-            if not ok:
-                continue
-            sim = same / n if n else 1.0  # as Drain: wildcard positions are allowed, not similar
-            if sim > best_sim or (sim == best_sim and params > best_params):
-                best, best_sim, best_params = cl, sim, params
-        if best is not None and best_sim < self.config.similarity_threshold:
-            return None
+            if same < n:
+                for a, b in zip(cl.tokens, tokens, strict=True):
+                    if a == b:
+                        continue
+                    if WILDCARD in a and _glob(a, b):
+                        params += 1
+                    elif not _value_diff(a, b):
+                        ok = False
+                        break
+            if ok and (same > best_same or params > best_params):
+                best, best_same, best_params = cl, same, params
         return best
 
     def _search_or_create(self, svc: _Service, tokens: list[str]) -> tuple[_Cluster, bool]:
@@ -528,17 +539,13 @@ class TemplateMiner:
         # a one-word difference only says "variable" when enough constant words surround it
         n_const = sum(1 for t in tokens if WILDCARD not in t)
         constants = [n_const - (WILDCARD not in t) for t in tokens]
+        ne = operator.ne
+        skel = cl.skel
         for other in same_len[-self.config.max_bucket_templates :]:
-            if other is cl:
+            if other is cl or sum(map(ne, other.skel, skel)) != 1:
                 continue
-            pos = -1
-            for i, (a, b) in enumerate(zip(other.tokens, tokens, strict=True)):
-                if a != b and not _compatible(a, b):
-                    if pos >= 0:
-                        pos = -2
-                        break
-                    pos = i
-            if pos >= 0 and constants[pos] >= self._min_constants:
+            pos = next(i for i, (a, b) in enumerate(zip(other.skel, skel, strict=True)) if a != b)
+            if constants[pos] >= self._min_constants:
                 group = groups.setdefault(pos, [])
                 group.append(other)
                 if len(group) >= need:
@@ -716,6 +723,8 @@ def _value_like(mid: str) -> bool:
 def _value_diff(a: str, b: str) -> bool:
     """Do two differing tokens differ in a value rather than in a word? Yes when both differing parts
     are value-like, or when they are the value of a `key=` / `key:` prefix."""
+    if a.isalpha() and b.isalpha():  # fast path: two plain words
+        return a.lower() in _VALUE_WORDS and b.lower() in _VALUE_WORDS
     i, j = _shell(a, b)
     if i > 0 and ("=" in a[:i] or a[i - 1] == ":"):
         return True
