@@ -100,6 +100,7 @@ class _Rule:
     triggers: tuple[str, ...]  # lowercase substrings; empty = always try
     replace: Callable[[re.Match[str], str, str], str | None]  # (match, group name, kind) -> text or None
     ignore_case: bool = False
+    prefilter: re.Pattern[str] | None = None  # cheap search that must hit before the rule is tried
 
 
 def _whole(m: re.Match[str], g: str, kind: str) -> str:
@@ -232,6 +233,7 @@ BUILTIN_RULES: tuple[_Rule, ...] = (
         r"(?![\w/:+-]|\.\d)",
         (),
         _card,
+        prefilter=re.compile(r"\d{4}[ -]?\d{4}[ -]?\d{4}"),
     ),
     _Rule("ipv4", rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)", (".",), _whole),
     _Rule(
@@ -305,9 +307,28 @@ class Redactor:
             rules.append(_Rule(str(c["name"]), f"(?:{c['regex']})", (), _whole))
         self._rules = rules
         self._always = 0
+        self._prefiltered: list[tuple[int, re.Pattern[str]]] = []
         for i, r in enumerate(rules):
-            if not r.triggers:
+            if r.prefilter is not None:
+                self._prefiltered.append((i, r.prefilter))
+            elif not r.triggers:
                 self._always |= 1 << i
+        trig: dict[str, int] = {}  # distinct trigger substring -> rules it enables
+        for i, r in enumerate(rules):
+            if r.prefilter is None:
+                for t in r.triggers:
+                    trig[t] = trig.get(t, 0) | 1 << i
+        self._triggers = list(trig.items())
+        # one C-level scan finds every trigger; a hit also enables the triggers it contains
+        self._trigger_bits: dict[str, int] = {}
+        for t in trig:
+            bits = 0
+            for u, b in trig.items():
+                if u in t:
+                    bits |= b
+            self._trigger_bits[t] = bits
+        self._trigger_re = re.compile("|".join(re.escape(t) for t in sorted(trig, key=len, reverse=True))) \
+            if trig else None
         self._cache: dict[int, re.Pattern[str] | None] = {}
         self._lock = threading.Lock()
         self._attr_kind = "secret"
@@ -343,12 +364,13 @@ class Redactor:
             text = text[: self.config.max_chars] + "...<TRUNCATED>"
         low = text.lower()
         mask = self._always
-        for i, r in enumerate(self._rules):
-            if r.triggers and not mask >> i & 1:
-                for t in r.triggers:
-                    if t in low:
-                        mask |= 1 << i
-                        break
+        for i, pre in self._prefiltered:
+            if pre.search(text):
+                mask |= 1 << i
+        if self._trigger_re is not None:
+            bits = self._trigger_bits
+            for hit in self._trigger_re.findall(low):
+                mask |= bits[hit]
         if not mask:
             return text, {}
         pat = self._compiled(mask)
