@@ -152,3 +152,12 @@ def test_long_input_is_truncated_not_crashing() -> None:
 def test_config_errors_name_the_key(cfg: RedactConfig, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         cfg.validate()
+
+
+def test_several_kinds_in_one_line() -> None:
+    r = Redactor(RedactConfig())
+    out, counts = r.redact("AccountKey=Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA==;token=abc123 x-api-key: s3cr3t; "
+                           "sk-abcdefghijklmnopqrstuvwxyz123 to ops@corp.io via https://u:p4ss@h.io/x")
+    assert out == ("AccountKey=<REDACTED:azure_key>;token=<REDACTED:secret> x-api-key: <REDACTED:secret>; "
+                   "<REDACTED:api_key> to <REDACTED:email> via https://u:<REDACTED:url_password>@h.io/x")
+    assert counts == {"azure_key": 1, "secret": 2, "api_key": 1, "email": 1, "url_password": 1}
