@@ -318,7 +318,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="signals.bucket_s"):
         SpanSignals(SignalsConfig(bucket_s=0))
     with pytest.raises(ConfigError, match="signals.max_traces"):
-        RcaConfig(signals=SignalsConfig(max_traces=0)).validate()
+        SignalsConfig(max_traces=0).validate()
 
 
 def test_bad_spans_are_skipped_not_fatal():
@@ -334,3 +334,69 @@ def test_bad_spans_are_skipped_not_fatal():
     sig.flush()
     assert reg.get_sample_value("rca_signals_bad_spans_total") == 1
     assert sig.nodes() == []
+
+
+def test_kindless_spans_status_codes_and_peer_names():
+    """Real-world data: span kinds unset, failures only as HTTP 5xx attributes, peer addresses
+    with namespace and port."""
+    from opentelemetry import trace as api
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from receiver.rca.signals import E_CALLS, N_DEEP
+
+    mem = InMemorySpanExporter()
+
+    def tracer(name: str):
+        tp = TracerProvider(resource=Resource.create({"service.name": name}))
+        tp.add_span_processor(SimpleSpanProcessor(mem))
+        return tp.get_tracer("t")
+
+    gw, inv = tracer("gateway"), tracer("inventory")
+    t0 = 1_700_000_000 * 10**9
+    root = gw.start_span("GET /", start_time=t0)  # INTERNAL kinds everywhere
+    ctx = api.set_span_in_context(root)
+    child = inv.start_span("lookup", context=ctx, start_time=t0 + 10**6,
+                           attributes={"http.response.status_code": 503})
+    child.end(end_time=t0 + 5 * 10**6)
+    call = gw.start_span("inventory call", context=ctx, kind=SpanKind.CLIENT, start_time=t0 + 6 * 10**6,
+                         attributes={"server.address": "inventory.shop.svc.cluster.local:8080"})
+    call.set_status(api.Status(api.StatusCode.ERROR, "connect timeout"))
+    call.end(end_time=t0 + 9 * 10**6)
+    root.end(end_time=t0 + 10 * 10**6)
+    sig = SpanSignals()
+    sig.consume_traces(encode_spans(mem.get_finished_spans()))
+    sig.flush()
+    assert sum(r[E_CALLS] for r in sig.edge_buckets("gateway", "inventory").values()) == 2
+    assert sum(r[N_DEEP] for r in sig.node_buckets("inventory").values()) == 2
+    assert sig.virtual_nodes() == set()
+    assert set(sig.nodes()) == {"gateway", "inventory"}
+
+
+def test_checking_live_or_only_at_flush_gives_the_same_report():
+    """Live traffic (checks after every batch) and a replay analysed by one flush at the end agree."""
+    from receiver.eval.rca import Pipeline
+
+    batches = list(Simulator(seed=8, faults=[Fault("cpu", "shipping", start_s=WARMUP)]).run_virtual(
+        WARMUP + FAULT, 5.0))
+    live, replay = Pipeline(use_logs=False), Pipeline(use_logs=False)
+    for _, tr, lg in batches:
+        live.consume(tr, lg)  # consume() runs rca.check()
+        replay.graph.consume_traces(tr)
+        replay.signals.consume_traces(tr)
+        replay.signals.consume_logs(lg)
+    live_before_flush = [f for f in live.sink.findings if f.event_name == EVENT_RCA]
+    live.flush()
+    replay.flush()
+
+    def reports(p) -> list[tuple]:
+        return [(f.attributes[R_ROOT_CAUSE], tuple(f.attributes[R_CANDIDATES]), f.time_ns,
+                 tuple(f.attributes[R_PATH])) for f in p.sink.findings if f.event_name == EVENT_RCA]
+
+    assert live_before_flush, "the live run reports before the end"
+    assert reports(live) == reports(replay)
+    assert reports(live)[0][0] == "shipping"

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from receiver.model import EVENT_ANOMALY, EVENT_RCA, R_CANDIDATES, Finding, FindingsSink
-from receiver.rca.signals import SpanSignals
+from receiver.rca.signals import SignalsConfig, SpanSignals
 from receiver.rca.stage import RcaConfig, RcaStage
 from receiver.sim.faults import DEFAULT_TARGETS, Fault
 from receiver.sim.simulator import Simulator
@@ -71,7 +71,7 @@ class Pipeline:
         self.sink = FindingsSink()
         cfg = rca_config or RcaConfig(check_interval_s=0)
         self.graph = ServiceGraph(GraphConfig())
-        self.signals = SpanSignals(cfg.signals)
+        self.signals = SpanSignals(SignalsConfig(trace_wall_idle_s=0.0))
         self.rca = RcaStage(cfg, self.graph, self.signals, self.sink)
         self.logs = None
         if use_logs:

@@ -74,6 +74,8 @@ class Features:
     gap_base_ms: float = 0.0
     gap_cur_ms: float = 0.0
     gap_edge: str = ""
+    gap_share: float = 0.0  # share of the node's edges (in and out) whose gap rose
+    gap_rise: float = 0.0  # the largest relative gap rise (outgoing edges count half)
     log_err_base: float = 0.0  # error log lines per bucket
     log_err_cur: float = 0.0
     log_warn_base: float = 0.0
@@ -162,24 +164,40 @@ def compute_features(signals: SpanSignals, graph: nx.DiGraph, node: str, onset_n
     blamed_in_b = blamed_in_c = 0.0
     blamed_out_b = blamed_out_c = 0.0
     gap_best = 0.0
+    gap_edges = gap_hit = 0
+
+    def edge_gap(a: str, b_: str, eb_base: list[float], eb_cur: list[float], weight: float) -> None:
+        # the client-server gap of one edge against its own baseline
+        nonlocal gap_best, gap_edges, gap_hit
+        if eb_base[E_GAP_N] < min_baseline_calls or eb_cur[E_GAP_N] < 2:
+            return
+        gb = eb_base[E_GAP] / eb_base[E_GAP_N] / 1e6
+        gc = eb_cur[E_GAP] / eb_cur[E_GAP_N] / 1e6
+        lat_b = eb_base[E_CLIENT_LAT] / max(1.0, eb_base[E_CALLS]) / 1e6
+        rise = _rel_rise(gc, gb, 0.5 + 0.2 * lat_b) * weight
+        gap_edges += 1
+        gap_hit += rise > 0.5
+        if rise > gap_best:
+            gap_best = rise
+            f.gap_base_ms, f.gap_cur_ms, f.gap_edge = gb, gc, f"{a} -> {b_}"
+
     for pred in graph.predecessors(node) if node in graph else ():
         eb = signals.edge_buckets(pred, node)
         eb_base = _sum_rows((r for _, r in _window(eb, base_lo, cur_lo)), 7)
         eb_cur = _sum_rows((r for _, r in _window(eb, cur_lo, until_ns)), 7)
         blamed_in_b += eb_base[E_BLAMED]
         blamed_in_c += eb_cur[E_BLAMED]
-        if eb_base[E_GAP_N] >= min_baseline_calls and eb_cur[E_GAP_N] >= 2:
-            gb = eb_base[E_GAP] / eb_base[E_GAP_N] / 1e6
-            gc = eb_cur[E_GAP] / eb_cur[E_GAP_N] / 1e6
-            lat_b = eb_base[E_CLIENT_LAT] / max(1.0, eb_base[E_CALLS]) / 1e6
-            rise = _rel_rise(gc, gb, 0.5 + 0.2 * lat_b)
-            if rise > gap_best:
-                gap_best = rise
-                f.gap_base_ms, f.gap_cur_ms, f.gap_edge = gb, gc, f"{pred} -> {node}"
+        edge_gap(pred, node, eb_base, eb_cur, 1.0)
     for succ in graph.successors(node) if node in graph else ():
         eb = signals.edge_buckets(node, succ)
-        blamed_out_b += sum(r[E_BLAMED] for _, r in _window(eb, base_lo, cur_lo))
-        blamed_out_c += sum(r[E_BLAMED] for _, r in _window(eb, cur_lo, until_ns))
+        eb_base = _sum_rows((r for _, r in _window(eb, base_lo, cur_lo)), 7)
+        eb_cur = _sum_rows((r for _, r in _window(eb, cur_lo, until_ns)), 7)
+        blamed_out_b += eb_base[E_BLAMED]
+        blamed_out_c += eb_cur[E_BLAMED]
+        edge_gap(node, succ, eb_base, eb_cur, 0.5)  # its requests out are late: weaker evidence
+    # a delayed node shows the gap on all its edges; a delayed edge on one edge of each end
+    f.gap_share = gap_hit / gap_edges if gap_edges else 0.0
+    f.gap_rise = gap_best
     deep_b = max(0.0, b[N_DEEP] + blamed_in_b - blamed_out_b)
     deep_c = max(0.0, c[N_DEEP] + blamed_in_c - blamed_out_c)
     f.blamed_count = blamed_in_c
@@ -215,9 +233,9 @@ def _local_score(f: Features, w: RankWeights, has_baseline: bool) -> float:
     if has_baseline and f.self_z > 3.0:
         parts["self_time"] = w.self_time * math.log1p(_rel_rise(f.self_cur_ms, f.self_base_ms, 0.3))
     if f.gap_edge:
-        rise = _rel_rise(f.gap_cur_ms, f.gap_base_ms, 0.5 + 0.05 * f.lat_base_ms)
+        rise = f.gap_rise
         if rise > 0.5:
-            parts["gap"] = w.gap * math.log1p(rise)
+            parts["gap"] = w.gap * math.log1p(rise) * (0.5 + 0.5 * f.gap_share)
     log_rise = math.log1p(_rel_rise(f.log_err_cur + 0.5 * f.log_warn_cur,
                                     f.log_err_base + 0.5 * f.log_warn_base, 1.0))
     parts["logs"] = w.logs * max(f.anomaly_score, min(1.0, log_rise / 2.0))

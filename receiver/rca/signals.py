@@ -20,8 +20,9 @@ evictions are counted in Prometheus metrics.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -38,6 +39,7 @@ K_CLIENT = Span.SPAN_KIND_CLIENT
 K_PRODUCER = Span.SPAN_KIND_PRODUCER
 K_CONSUMER = Span.SPAN_KIND_CONSUMER
 ERR = Status.STATUS_CODE_ERROR
+UNSET = Status.STATUS_CODE_UNSET
 
 PEER_ATTRIBUTES = (
     "peer.service", "server.address", "net.peer.name", "rpc.service", "messaging.destination.name",
@@ -59,6 +61,9 @@ class SignalsConfig(StageConfig):
     max_nodes: int = 1000
     max_edges: int = 5000
     trace_idle_s: float = 5.0  # a trace is complete when none of its spans ended in the last idle seconds
+    # ... of event time AND none arrived in the last trace_wall_idle_s seconds of wall time (exporter
+    # and Collector batching delays); this only delays the analysis, never changes its result
+    trace_wall_idle_s: float = 2.0
     max_traces: int = 20000  # in-flight traces; the oldest is analysed early when full
     max_spans_per_trace: int = 2000
     max_samples: int = 20  # per service: recent failing spans / error log lines kept as evidence
@@ -74,6 +79,7 @@ class SignalsConfig(StageConfig):
             v = getattr(self, key)
             require(isinstance(v, int) and v > 0, f"signals.{key}", f"must be an int > 0, got {v!r}")
         require(self.trace_idle_s >= 0, "signals.trace_idle_s", "must be >= 0")
+        require(self.trace_wall_idle_s >= 0, "signals.trace_wall_idle_s", "must be >= 0")
         require(bool(self.peer_attributes), "signals.peer_attributes", "must not be empty")
 
 
@@ -95,6 +101,8 @@ class _Sp:
 class _Trace:
     spans: list[_Sp] = field(default_factory=list)
     last_end: int = 0
+    first_start: int = 0
+    last_wall: float = 0.0  # monotonic time of the last span received
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +161,23 @@ def _attr_str(attrs: Iterable, keys: list[str]) -> str:
     return ""
 
 
+def _attr_error(attrs: Iterable) -> bool:
+    """Failure marks of instrumentations that leave the status unset: an `error=true` tag (Jaeger)
+    or an HTTP 5xx status code."""
+    for kv in attrs:
+        k = kv.key
+        if k == "error" and kv.value.HasField("bool_value"):
+            if kv.value.bool_value:
+                return True
+        elif k in ("http.status_code", "http.response.status_code"):
+            v = kv.value
+            code = v.int_value if v.HasField("int_value") else (
+                int(v.string_value) if v.HasField("string_value") and v.string_value.isdigit() else 0)
+            if code >= 500:
+                return True
+    return False
+
+
 def _union_len(intervals: list[tuple[int, int]], lo: int, hi: int) -> int:
     total = 0
     cur_s = cur_e = None
@@ -175,12 +200,12 @@ class SpanSignals:
     """Collects the ranking signals. Thread-safe; all reads return copies."""
 
     def __init__(self, config: SignalsConfig | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         cfg = config if config is not None else SignalsConfig()
-        if not isinstance(cfg, SignalsConfig) and hasattr(cfg, "signals"):
-            cfg = cfg.signals  # an RcaConfig
         cfg.validate()
         self.config: SignalsConfig = cfg
+        self._clock = clock
         self._bucket_ns = int(cfg.bucket_s * 1e9)
         self._idle_ns = int(cfg.trace_idle_s * 1e9)
         self._lock = threading.RLock()
@@ -213,6 +238,7 @@ class SpanSignals:
     # --- consumers -----------------------------------------------------------------------
     def consume_traces(self, request: ExportTraceServiceRequest) -> None:
         cfg = self.config
+        wall = self._clock()
         with self._lock:
             for rs in request.resource_spans:
                 service = _attr_str(rs.resource.attributes, ["service.name"]) or "unknown_service"
@@ -249,7 +275,8 @@ class SpanSignals:
                             kind=s.kind,
                             start=s.start_time_unix_nano,
                             end=max(s.end_time_unix_nano, s.start_time_unix_nano),
-                            error=s.status.code == ERR,
+                            error=s.status.code == ERR
+                            or (s.status.code == UNSET and _attr_error(s.attributes)),
                             message=msg[:300],
                             peer=peer,
                             messaging=bool(_attr_str(s.attributes, ["messaging.system"])),
@@ -268,6 +295,8 @@ class SpanSignals:
                             continue
                         tr.spans.append(sp)
                         tr.last_end = max(tr.last_end, sp.end)
+                        tr.first_start = sp.start if not tr.first_start else min(tr.first_start, sp.start)
+                        tr.last_wall = wall
                         if sp.end > self._watermark:
                             self._watermark = sp.end
             self._expire(self._watermark - self._idle_ns)
@@ -313,7 +342,9 @@ class SpanSignals:
 
     # --- internals -----------------------------------------------------------------------
     def _expire(self, before_ns: int | None) -> None:
-        done = [tid for tid, tr in self._traces.items() if before_ns is None or tr.last_end < before_ns]
+        wall_before = self._clock() - self.config.trace_wall_idle_s
+        done = [tid for tid, tr in self._traces.items()
+                if before_ns is None or (tr.last_end < before_ns and tr.last_wall <= wall_before)]
         for tid in done:
             self._analyse(tid, self._traces.pop(tid))
 
@@ -376,6 +407,9 @@ class SpanSignals:
         return t // self._bucket_ns * self._bucket_ns
 
     def _analyse(self, trace_id: bytes, tr: _Trace) -> None:
+        """Add one complete trace to the buckets. A span is an ENTRY of its service when it is a
+        SERVER/CONSUMER span or its parent belongs to another service (or is missing): so traces
+        whose span kinds are unset still yield edges and exclusive times."""
         self.m_traces.inc()
         cap, ev = self.config.max_buckets, self.m_evicted
         by_id = {s.span_id: s for s in tr.spans}
@@ -383,8 +417,6 @@ class SpanSignals:
         for s in tr.spans:
             if s.parent_id and s.parent_id in by_id:
                 children.setdefault(s.parent_id, []).append(s)
-        if self._min_time == 0 or (tr.spans and tr.spans[0].start < self._min_time):
-            self._min_time = min(s.start for s in tr.spans) if tr.spans else self._min_time
 
         # error subtree: does any descendant fail?
         has_err_desc: dict[bytes, bool] = {}
@@ -403,14 +435,15 @@ class SpanSignals:
         for sp in tr.spans:
             dur = sp.end - sp.start
             kids = children.get(sp.span_id, [])
+            parent = by_id.get(sp.parent_id) if sp.parent_id else None
             entry = sp.kind in (K_SERVER, K_CONSUMER) or (
-                not sp.parent_id or sp.parent_id not in by_id
-            ) and sp.kind not in (K_CLIENT, K_PRODUCER)
+                sp.kind not in (K_CLIENT, K_PRODUCER) and (parent is None or parent.service != sp.service))
             if entry:
                 node = self._node(sp.service)
                 if node is None:
                     continue
-                row = node.slot(self._b(sp.start), cap, ev)
+                b = self._b(sp.start)
+                row = node.slot(b, cap, ev)
                 row[N_CALLS] += 1
                 row[N_ERRORS] += sp.error
                 row[N_LAT] += dur
@@ -419,51 +452,55 @@ class SpanSignals:
                 stack = list(kids)
                 while stack:
                     c = stack.pop()
-                    if c.service != sp.service:
-                        continue
-                    if c.kind in (K_CLIENT, K_PRODUCER):
+                    if c.service != sp.service or c.kind in (K_CLIENT, K_PRODUCER):
                         calls.append((c.start, c.end))
-                    elif c.kind == K_INTERNAL:
+                    else:
                         stack.extend(children.get(c.span_id, ()))
                 self_ns = max(0, dur - _union_len(calls, sp.start, sp.end))
                 row[N_SELF] += self_ns
                 row[N_SELF_N] += 1
-                node.exemplar(self._b(sp.start), self_ns, trace_id, sp.span_id)
-            elif sp.kind in (K_CLIENT, K_PRODUCER):
-                remote = [c for c in kids if c.service != sp.service and c.kind in (K_SERVER, K_CONSUMER)]
-                if remote:
-                    srv = remote[0]
-                    ctype = "messaging_system" if sp.kind == K_PRODUCER or srv.kind == K_CONSUMER else ""
-                    eseries = self._edge(sp.service, srv.service, ctype)
-                    erow = eseries.slot(self._b(sp.start), cap, ev)
+                node.exemplar(b, self_ns, trace_id, sp.span_id)
+                # the edge from the calling service (its client span when there is one)
+                if parent is not None and parent.service != sp.service:
+                    client_like = parent.kind in (K_CLIENT, K_PRODUCER)
+                    ctype = "messaging_system" if parent.kind == K_PRODUCER or sp.kind == K_CONSUMER else ""
+                    eseries = self._edge(parent.service, sp.service, ctype)
+                    cb = self._b(parent.start)
+                    erow = eseries.slot(cb, cap, ev)
                     erow[E_CALLS] += 1
-                    erow[E_ERRORS] += sp.error or srv.error
-                    erow[E_CLIENT_LAT] += dur
-                    erow[E_SERVER_LAT] += srv.end - srv.start
-                    if ctype == "":
-                        gap_ns = max(0, dur - (srv.end - srv.start))
-                        erow[E_GAP] += gap_ns
-                        erow[E_GAP_N] += 1
-                        eseries.exemplar(self._b(sp.start), gap_ns, trace_id, sp.span_id)
-                elif sp.peer and sp.kind == K_CLIENT and self._canon(sp) != sp.service:
-                    sp.peer = self._canon(sp)
-                    if sp.peer not in self._instrumented:
-                        self._virtual.add(sp.peer)
+                    erow[E_ERRORS] += sp.error or (client_like and parent.error)
+                    erow[E_SERVER_LAT] += dur
+                    if client_like:
+                        erow[E_CLIENT_LAT] += parent.end - parent.start
+                        if ctype == "":
+                            gap_ns = max(0, (parent.end - parent.start) - dur)
+                            erow[E_GAP] += gap_ns
+                            erow[E_GAP_N] += 1
+                            eseries.exemplar(cb, gap_ns, trace_id, parent.span_id)
+                    else:
+                        erow[E_CLIENT_LAT] += dur
+            elif sp.kind == K_CLIENT and sp.peer and not any(c.service != sp.service for c in kids):
+                peer = self._canon(sp)
+                if peer != sp.service:
+                    sp.peer = peer
+                    if peer not in self._instrumented:
+                        self._virtual.add(peer)
                     ctype = "database" if not sp.messaging else "messaging_system"
-                    eseries = self._edge(sp.service, sp.peer, ctype)
-                    erow = eseries.slot(self._b(sp.start), cap, ev)
+                    b = self._b(sp.start)
+                    erow = self._edge(sp.service, peer, ctype).slot(b, cap, ev)
                     erow[E_CALLS] += 1
                     erow[E_ERRORS] += sp.error
                     erow[E_CLIENT_LAT] += dur
-                    node = self._node(sp.peer)
+                    erow[E_SERVER_LAT] += dur
+                    node = self._node(peer)
                     if node is not None:
-                        row = node.slot(self._b(sp.start), cap, ev)
+                        row = node.slot(b, cap, ev)
                         row[N_CALLS] += 1
                         row[N_ERRORS] += sp.error
                         row[N_LAT] += dur
                         row[N_SELF] += dur
                         row[N_SELF_N] += 1
-                        node.exemplar(self._b(sp.start), dur, trace_id, sp.span_id)
+                        node.exemplar(b, dur, trace_id, sp.span_id)
 
             # deepest failing span: attribute the failure
             if sp.error and not err_below(sp):
@@ -473,7 +510,7 @@ class SpanSignals:
                     if remote:
                         blame = remote[0].service
                     elif sp.peer:
-                        blame = sp.peer
+                        blame = self._canon(sp)
                 node = self._node(blame)
                 if node is not None:
                     node.slot(self._b(sp.start), cap, ev)[N_DEEP] += 1
@@ -483,8 +520,7 @@ class SpanSignals:
                 if blame == sp.service and sp.message:
                     # does the caller's own error name one of the services it called?
                     low = sp.message.lower()
-                    called = self._called_services(sp, children)
-                    for callee in called:
+                    for callee in self._called_services(sp, children):
                         if callee.lower() in low:
                             self._edge(sp.service, callee, "").slot(self._b(sp.start), cap, ev)[E_BLAMED] += 1
                             break
@@ -506,6 +542,8 @@ class SpanSignals:
         while stack and len(out) < 50:
             c = stack.pop()
             if c.service != sp.service:
+                if c.service not in out:
+                    out.append(c.service)
                 continue
             if c.kind in (K_CLIENT, K_PRODUCER):
                 remote = [k.service for k in children.get(c.span_id, ()) if k.service != c.service]
@@ -520,6 +558,21 @@ class SpanSignals:
     def watermark_ns(self) -> int:
         with self._lock:
             return self._watermark
+
+    def complete_until_ns(self) -> int:
+        """Event time before which every received trace has been analysed (buckets before it are
+        final): the watermark minus the idle time, bounded by the oldest buffered trace. Expires idle
+        traces first. 0 before any span."""
+        with self._lock:
+            self._expire(self._watermark - self._idle_ns)
+            self.m_inflight.set(len(self._traces))
+            if not self._watermark:
+                return 0
+            t = self._watermark - self._idle_ns
+            for tr in self._traces.values():
+                if tr.first_start and tr.first_start < t:
+                    t = tr.first_start
+            return t
 
     def bucket_ns(self) -> int:
         return self._bucket_ns

@@ -48,12 +48,13 @@ from receiver.rca.explain import (
     llm_schema,
 )
 from receiver.rca.rank import IGNORED_NODES, RankResult, RankWeights, propagation_path, rank
-from receiver.rca.signals import N_CALLS, N_ERRORS, N_LAT, SignalsConfig, SpanSignals
+from receiver.rca.signals import N_CALLS, N_ERRORS, N_LAT, SpanSignals
 
 
 @dataclass
 class RcaConfig(StageConfig):
-    signals: SignalsConfig = field(default_factory=SignalsConfig)
+    """`rca:` section. The span signals have their own `signals:` section (SignalsConfig)."""
+
     baseline_s: float = 300.0  # history compared against (event time)
     settle_s: float = 10.0  # wait this long after the first trigger to gather concurrent symptoms
     incident_gap_s: float = 120.0  # triggers closer than this join the same incident
@@ -195,10 +196,14 @@ class RcaStage:
 
     # --- checks --------------------------------------------------------------------------
     def _now(self, final: bool) -> int:
+        """Event time up to which the data is complete: from the span signals when spans flow,
+        else from the anomaly findings' windows."""
         wm = self.signals.watermark_ns()
         if final:
             return max(wm, self._finding_now)
-        return max(wm - int(self.signals.config.trace_idle_s * 1e9), self._finding_now, 0)
+        if wm:
+            return self.signals.complete_until_ns()
+        return self._finding_now
 
     def check(self) -> None:
         self._check(final=False)
@@ -218,12 +223,17 @@ class RcaStage:
             gap = int(self.config.incident_gap_s * 1e9)
             reanalyse = int(self.config.reanalyse_s * 1e9)
             for inc in list(self._open.values()):
-                ready = final or now >= inc.detect_ns + settle
-                if inc.analysed_ns is not None:
-                    ready = ready and inc.changed and inc.reports < self.config.max_reports_per_incident \
-                        and (final or now >= inc.analysed_ns + reanalyse)
+                # the analysed window ends at a point fixed by the triggers (not by when this check
+                # runs), so live traffic and a fast replay of the same data give the same report
+                if inc.analysed_ns is None:
+                    target = inc.detect_ns + settle
+                    ready = final or now >= target
+                else:
+                    target = max(inc.last_ns + settle, inc.analysed_ns + reanalyse)
+                    ready = inc.changed and inc.reports < self.config.max_reports_per_incident \
+                        and (final or now >= target)
                 if ready:
-                    rep = self._analyse(inc, now)
+                    rep = self._analyse(inc, target)
                     if rep is not None:
                         reports.append(rep)
                 if not final and inc.analysed_ns is not None and now > inc.last_ns + gap:
@@ -329,12 +339,12 @@ class RcaStage:
                         g.add_edge(u, v, calls=other.edges[u, v].get("calls", 0))
         return g
 
-    def _analyse(self, inc: _Incident, now: int) -> Finding | None:
+    def _analyse(self, inc: _Incident, target: int) -> Finding | None:
         cfg = self.config
-        inc.analysed_ns = now
+        inc.analysed_ns = target
         inc.changed = False
         g = self.call_graph()
-        until = min(max(now, inc.last_ns), inc.first_ns + int(cfg.max_window_s * 1e9))
+        until = min(target, inc.first_ns + int(cfg.max_window_s * 1e9))
         scores = dict(inc.services)
         result = rank(self.signals, g, inc.order, inc.first_ns, until, anomaly_scores=scores,
                       baseline_s=cfg.baseline_s, weights=self.weights, max_candidates=cfg.max_candidates)
