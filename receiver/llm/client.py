@@ -232,6 +232,10 @@ class Backend:
                 continue  # the limiter waits for Retry-After before the next attempt
             except openai.APITimeoutError:
                 res.outcome, res.error = "timeout", f"no answer within {self.cfg.timeout_s} s"
+                # the server may have processed (and billed) the prompt: count it, conservatively
+                res.prompt_tokens += est - max_tokens
+                res.extra["estimated_prompt_tokens"] = res.extra.get("estimated_prompt_tokens", 0) + (
+                    est - max_tokens)
                 self.breaker.failure()
                 retry_wait = backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s)
             except openai.APIConnectionError as e:

@@ -149,6 +149,10 @@ class LlmConfig(StageConfig):
         if v == "local":
             cfg.tier1.kind = "local"
             cfg.tier1.model = "local"
+            # a CPU-bound local server: long prompts take tens of seconds on a busy 2-core machine, and
+            # re-sending a timed-out request only queues more work behind it
+            cfg.tier1.timeout_s = max(cfg.tier1.timeout_s, 180.0)
+            cfg.tier1.max_attempts = min(cfg.tier1.max_attempts, 2)
         elif v.startswith(("http://", "https://")):
             cfg.tier1.kind = "openai"
             cfg.tier1.base_url = v
