@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 _SERVER, _CLIENT, _PRODUCER, _CONSUMER = 2, 3, 4, 5
 _STATUS_ERROR = 2
 _DUPLICATE, _FULL = -1, -2  # results of the helpers for the rarer span shapes
+_FOLD_EVERY = 16  # requests between folds of the collected calls into the edges (<= 8192 calls held)
 
 # pending entry layout (a list, mutated in place when the second half arrives)
 # _PEERS: the client span itself until its attributes are read, then the callee name for a virtual node
@@ -100,6 +101,7 @@ class ServiceGraph:
         self._deferred: list[list] = []  # store entries of client halves whose attributes are unread
         self._obs: dict[tuple[str, str, str], list] = {}  # calls not yet folded into their edges
         self._obs_kinds: dict[tuple[str, str, str], tuple[str, str]] = {}  # node kinds of those edges
+        self._unfolded = 0  # requests since the last fold
         # self-telemetry (plain ints, exported at scrape time)
         self.completed_calls = 0  # calls recorded on an edge
         self.paired_calls = 0  # ... of which had both halves (of removed edges; see stats())
@@ -131,6 +133,7 @@ class ServiceGraph:
         dexp = now + cfg.dedupe_ttl_s
         max_items = cfg.store_max_items
         dedupe_max = cfg.dedupe_max_items
+        virtual = cfg.virtual_nodes
         dup = dropped = invalid = skipped = 0
         deferred: list[list] = []  # this request's new client halves (see the end)
         with self._lock:
@@ -194,9 +197,23 @@ class ServiceGraph:
                                     dup += 1
                                 continue
                             parent = span.parent_span_id
-                            if not parent:
-                                if self._root_server(span, svc, dexp) == _DUPLICATE:
+                            if not parent:  # a root span never pairs: its caller is outside, a `user`
+                                key = span.trace_id + span.span_id
+                                if key in done:
                                     dup += 1
+                                    continue
+                                done[key] = dexp
+                                if virtual:
+                                    end = span.end_time_unix_nano
+                                    lat = (end - span.start_time_unix_nano) / 1e9
+                                    if lat < 0.0:
+                                        lat = 0.0
+                                    ek = ("user", svc, CT_VIRTUAL)
+                                    calls = obs.get(ek)
+                                    if calls is None:
+                                        calls = obs[ek] = []
+                                        self._obs_kinds[ek] = ("user", "service")
+                                    calls.append((lat, lat, span.status.code == _STATUS_ERROR, False, end))
                                 continue
                             key = span.trace_id + parent
                             e = pending.get(key)
@@ -236,7 +253,9 @@ class ServiceGraph:
             if self._deferred:
                 self._resolve_clients(self._deferred, dexp)
             self._deferred = deferred
-            self._fold(now)
+            self._unfolded += 1
+            if self._unfolded >= _FOLD_EVERY:
+                self._fold(now)
             if len(done) > dedupe_max:
                 self._evict_done()
             self.duplicate_spans += dup
@@ -244,31 +263,21 @@ class ServiceGraph:
             self.dropped_spans["invalid_id"] += invalid
             self.skipped_spans += skipped
 
-    def _root_server(self, span: Any, svc: str, dexp: float) -> int:
-        """A root SERVER/CONSUMER span never pairs: its caller is outside, a `user` (lock held).
-        Returns _DUPLICATE for a span seen before, else 0."""
-        key = span.trace_id + span.span_id
-        if key in self._done:
-            return _DUPLICATE
-        self._done[key] = dexp
-        if self.config.virtual_nodes:
-            end = span.end_time_unix_nano
-            lat = max(0.0, (end - span.start_time_unix_nano) / 1e9)
-            self._complete("user", svc, lat, lat, span.status.code == _STATUS_ERROR, CT_VIRTUAL, end, False,
-                           "user", "service")
-        return 0
-
     def _settle(self) -> None:
-        """Resolve the deferred client halves now (lock held): before reads, expiry and flush."""
+        """Resolve the deferred client halves and fold the collected calls now (lock held): before
+        reads, expiry and flush."""
+        now = self._clock()
         if self._deferred:
             d, self._deferred = self._deferred, []
-            now = self._clock()
             self._resolve_clients(d, now + self.config.dedupe_ttl_s)
-            self._fold(now)
+        self._fold(now)
 
     def _fold(self, now: float) -> None:
         """Fold the calls collected since the last fold into their edges (lock held); a call whose
-        edge is new and over the edge or node cap is dropped and counted."""
+        edge is new and over the edge or node cap is dropped and counted. Runs every _FOLD_EVERY
+        requests and before every read, expiry and flush: folding costs ~1 us per edge on top of
+        ~0.4 us per call, so bigger batches per edge are cheaper."""
+        self._unfolded = 0
         obs, self._obs = self._obs, {}
         if not obs:
             return
