@@ -508,12 +508,14 @@ def test_permanent_error_maps_to_invalid_argument_and_400() -> None:
         assert r.status_code == 400 and "Retry-After" not in r.headers
 
 
-def test_unexpected_consumer_exception_is_unavailable_and_server_survives() -> None:
+def test_unexpected_consumer_exception_is_unavailable_logged_and_server_survives(caplog) -> None:
     consumer = _Raising(KeyError("bug"))
     with RunningReceiver(local_config(retry_after_s=4.0), consumer, consumer) as rr:
         for _ in range(2):
             r = requests.post(rr.http_base + "/v1/traces", json=TRACE_JSON, timeout=10)
             assert r.status_code == 503 and r.headers["Retry-After"] == "4"
+    bug_logs = [rec for rec in caplog.records if "downstream consumer raised KeyError" in rec.getMessage()]
+    assert len(bug_logs) == 1  # rate-limited
 
 
 # --- auth ----------------------------------------------------------------------------------

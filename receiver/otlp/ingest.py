@@ -4,6 +4,8 @@ validate, hand the accepted records downstream, count, build the (partial-succes
 from __future__ import annotations
 
 import inspect
+import logging
+import time
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -16,9 +18,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from prometheus_client import CollectorRegistry, Counter
 
+from receiver.errors import PipelineError
 from receiver.model import LogsConsumer, TracesConsumer
 from receiver.otlp.status import WireError, from_exception
 from receiver.otlp.validate import validate_logs, validate_traces
+
+log = logging.getLogger(__name__)
 
 TRACES = "traces"
 LOGS = "logs"
@@ -115,6 +120,15 @@ class Ingest:
         self._retry_after = default_retry_after_s
         self._traces_items = _takes_items(traces, "consume_traces")
         self._logs_items = _takes_items(logs, "consume_logs")
+        self._last_bug_log = -1e9
+
+    def _refused(self, exc: Exception) -> WireError:
+        if not isinstance(exc, PipelineError | WireError):  # a bug downstream: say so, at most every 10 s
+            now = time.monotonic()
+            if now - self._last_bug_log >= 10.0:
+                self._last_bug_log = now
+                log.error("OTLP receiver: downstream consumer raised %s", type(exc).__name__, exc_info=exc)
+        return from_exception(exc, self._retry_after)
 
     def export_traces(self, req: ExportTraceServiceRequest, transport: str) -> ExportTraceServiceResponse:
         """Raises WireError when the pipeline refuses the request."""
@@ -132,7 +146,7 @@ class Ingest:
                 else:
                     self.traces.consume_traces(v.request)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 - mapped to a wire status in one place
-                err = from_exception(exc, self._retry_after)
+                err = self._refused(exc)
                 m.add(m.refused_spans, transport, v.total)
                 m.request(transport, TRACES, outcome_for(err))
                 err.counted = True
@@ -162,7 +176,7 @@ class Ingest:
                 else:
                     self.logs.consume_logs(v.request)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001
-                err = from_exception(exc, self._retry_after)
+                err = self._refused(exc)
                 m.add(m.refused_logs, transport, v.total)
                 m.request(transport, LOGS, outcome_for(err))
                 err.counted = True

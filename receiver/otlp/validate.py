@@ -87,7 +87,7 @@ def validate_traces(req: ExportTraceServiceRequest) -> Validated:
         s = spans[pi]
         problem = _span_problem(s.trace_id, s.span_id, s.parent_span_id) or "invalid ids"
         reasons[problem] += 1
-        example = f"span {s.name!r} at resource_spans[{ri}].scope_spans[{si}].spans[{pi}]: {problem}"
+        example = f"span {s.name[:100]!r} at resource_spans[{ri}].scope_spans[{si}].spans[{pi}]: {problem}"
         del spans[pi]
     return Validated(total, len(bad), _message("spans", len(bad), total, reasons, example), out)
 
