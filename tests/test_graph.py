@@ -508,3 +508,51 @@ def test_a_service_named_like_a_virtual_node_is_a_service() -> None:
     d = g.digraph()
     assert d.edges["frontend", "geo-api"]["calls"] == 2
     assert d.edges["frontend", "geo-api"]["connection_types"] == ["", "virtual_node"]
+
+
+def test_background_expiry_loop_turns_lone_halves_into_virtual_nodes() -> None:
+    import time
+
+    s = Services("frontend")
+    with s.tracers["frontend"].start_as_current_span("GET", kind=SpanKind.CLIENT,
+                                                     attributes={"peer.service": "maps"}):
+        pass
+    g = ServiceGraph(GraphConfig(store_ttl_s=0.05, expiry_interval_s=0.02), registry=CollectorRegistry())
+    g.start()
+    try:
+        g.consume_traces(s.request("frontend"))
+        deadline = time.monotonic() + 10.0
+        while g.stats()["expired_entries"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        g.shutdown()
+    assert g.stats()["expired_entries"] == 1
+    assert set(edges_by_key(g.snapshot())) == {("frontend", "maps", "virtual_node")}
+
+
+def test_odd_spans_do_not_break_the_graph() -> None:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    kv = rs.resource.attributes.add()
+    kv.key, kv.value.string_value = "service.name", "svc"
+    ss = rs.scope_spans.add()
+    tid = b"\x07" * 16
+    ss.spans.add(trace_id=tid, span_id=b"\x01" * 8, kind=42)  # unknown kind: ignored
+    # a client span that ends before it starts, without status, and its server span
+    ss.spans.add(trace_id=tid, span_id=b"\x02" * 8, kind=Span.SPAN_KIND_CLIENT,
+                 start_time_unix_nano=2_000, end_time_unix_nano=1_000)
+    srv = ss.spans.add(trace_id=tid, span_id=b"\x03" * 8, parent_span_id=b"\x02" * 8,
+                       kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=0, end_time_unix_nano=0)
+    srv.status.code = Status.STATUS_CODE_ERROR
+    rs2 = req.resource_spans.add()  # a resource whose service.name is not a string
+    kv2 = rs2.resource.attributes.add()
+    kv2.key, kv2.value.int_value = "service.name", 7
+    rs2.scope_spans.add().spans.add(trace_id=tid, span_id=b"\x04" * 8, kind=Span.SPAN_KIND_SERVER)
+    g = build()
+    g.consume_traces(req)
+    g.consume_traces(ExportTraceServiceRequest())  # empty request
+    e = edges_by_key(g.snapshot())[("svc", "svc", "")]
+    assert (e["calls"], e["errors"], e["client_latency_sum_s"], e["server_latency_sum_s"]) == (1, 1, 0.0, 0.0)
+    assert g.stats()["skipped_spans"] == 1
