@@ -61,8 +61,8 @@ class ReceiverMetrics:
         )
         self.requests = Counter(
             "otelcol_receiver_requests",
-            "Export requests received, by outcome "
-            "(success, partial, refused, invalid, too_large, unauthenticated, unimplemented, internal).",
+            "Export requests received, by outcome (success, partial, refused, invalid, too_large, "
+            "unauthenticated, unsupported_media_type, internal).",
             [*labels, "signal", "outcome"],
             registry=registry,
         )
