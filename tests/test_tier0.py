@@ -350,3 +350,18 @@ def test_new_variant_of_a_known_event_family_is_weak_evidence() -> None:
     assert not variant.flagged and "a variant of a known event" in variant.reasons[0]
     other = det.assess(with_template(202, 52, "rts panic! - stopping execution"))
     check_contract(other, "novel_template")
+
+
+def test_rare_error_template_in_sessions() -> None:
+    det = trained_sessions()
+    w = session(2000, [1, 2, 2, 2, 3, 3, 3, 4, 9])
+    w.templates[9] = "Unexpected error trying to delete block <*>"
+    w.template_worst[9] = "warn"
+    w.severity_counts = {"info": 8, "warn": 1}
+    a = det.assess(w)
+    check_contract(a, "novel_template")
+    w2 = session(2001, [1, 2, 2, 2, 3, 3, 3, 4, 9])
+    w2.templates, w2.template_worst, w2.severity_counts = w.templates, w.template_worst, w.severity_counts
+    a2 = det.assess(w2)  # seen once in 1500+ sessions: still rare (< 2 %), still reported
+    check_contract(a2, "novel_template")
+    assert "seen in only 1 of" in a2.finding.body  # type: ignore[union-attr]

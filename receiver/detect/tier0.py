@@ -95,6 +95,7 @@ class DetectConfig(StageConfig):
     inv_min_support: int = 50  # sessions showing a template pair before its invariant is used
     inv_min_hold: float = 0.97  # an invariant must hold in this share of those sessions
     novel_info_prior: float = 0.35
+    rare_session_share: float = 0.02  # sessions: a warn/error template in < 2 % of past sessions is news
     family_tokens: int = 4  # a template's family = its first N constant tokens (0 disables families)
     known_family_factor: float = 0.5  # novelty prior multiplier for a new template of a known family
     error_word_bonus: float = 0.15
@@ -464,8 +465,17 @@ class Tier0Detector:
     def _novel(self, b: _Baseline, w: Window) -> list[_Problem]:
         cfg = self.config
         best: _Problem | None = None
-        novel = [t for t in w.template_counts if t >= 0 and t not in b.templates]
-        for t in novel:
+        # sessions and tumbling windows keep separate memories: a template first seen in a tumbling
+        # window (closed earlier) is still news to the session that carries it
+        seen: dict[int, int] | OrderedDict[int, int] = b.sess_df if w.kind == "session" else b.templates
+        novel = [t for t in w.template_counts if t >= 0 and t not in seen]
+        rare: list[int] = []
+        if w.kind == "session" and cfg.rare_session_share > 0:
+            # a warn/error template seen in only a few earlier sessions is still news for a session
+            limit = cfg.rare_session_share * b.sessions
+            rare = [t for t in w.template_counts if t >= 0 and 0 < seen.get(t, 0) < limit
+                    and w.template_worst.get(t) in ("warn", "error", "fatal")]
+        for t in novel + rare:
             text = w.templates.get(t, "")
             sev = w.template_worst.get(t, "unknown")
             prior = _SEV_PRIOR.get(sev, cfg.novel_info_prior)
@@ -473,15 +483,17 @@ class Tier0Detector:
             if words:
                 prior = min(0.97, prior + cfg.error_word_bonus)
             family = template_family(text, cfg.family_tokens)
-            known_family = bool(family) and family in b.families
+            known_family = t in novel and bool(family) and f"{w.kind[0]}:{family}" in b.families
             if known_family:  # a variant of a known event (parser split): much weaker evidence
                 prior *= cfg.known_family_factor
             if best is None or prior > best.confidence:
                 severity = {"fatal": "critical", "error": "high", "warn": "medium"}.get(
                     sev, "medium" if words else "low")
+                what = (f"{len(novel)} template(s) never seen before for {w.service}" if t in novel else
+                        f"a {sev} template seen in only {seen.get(t, 0)} of {b.sessions} earlier sessions")
                 best = _Problem(
                     "novel_template", prior, severity,
-                    f"{len(novel)} template(s) never seen before for {w.service}; strongest: "
+                    f"{what}; strongest: "
                     f"\"{text[:200]}\" ({w.template_counts[t]} line(s), worst severity {sev}"
                     + (f", error words: {', '.join(words)}" if words else "")
                     + (", a variant of a known event" if known_family else "") + ")",
@@ -560,14 +572,16 @@ class Tier0Detector:
     def _learn(self, b: _Baseline, w: Window, flagged: bool) -> None:
         cfg = self.config
         a = cfg.ewma_alpha
+        seen = b.sess_df if w.kind == "session" else b.templates
         for t, n in w.template_counts.items():
             if t < 0:
                 continue
-            if t not in b.templates and cfg.family_tokens:
+            if t not in seen and cfg.family_tokens:  # families are remembered per window kind
                 fam = template_family(w.templates.get(t, ""), cfg.family_tokens)
                 if fam:
-                    b.families[fam] = b.families.get(fam, 0) + 1
-                    b.families.move_to_end(fam)
+                    key = f"{w.kind[0]}:{fam}"
+                    b.families[key] = b.families.get(key, 0) + 1
+                    b.families.move_to_end(key)
             b.templates[t] = b.templates.get(t, 0) + n
             b.templates.move_to_end(t)
         while len(b.families) > cfg.max_templates_per_service:
