@@ -266,6 +266,10 @@ def test_save_and_load_restore_baselines(tmp_path: Path) -> None:
     assert fresh.load(str(path)) == 2
     assert fresh.baseline_info("api") == det.baseline_info("api")
     assert fresh.baseline_info("hdfs") == det.baseline_info("hdfs")
+    # the restored detector knows the session invariants right away
+    broken = session(5000, [1, 2, 2, 4])
+    restored, original = fresh.assess(broken), det.assess(broken)
+    assert restored.flagged and original.flagged and restored.score == original.score
     # the restored detector is past warm-up and reports the same burst the original does
     burst = win(900, {1: 40, 2: 25, 3: 10, 4: 5}, {4: 6})
     assert fresh.assess(burst).problem == det.assess(burst).problem == "error_burst"

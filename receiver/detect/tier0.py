@@ -815,6 +815,7 @@ class Tier0Detector:
             self._baselines = loaded
             self._entries = 0
             for b in loaded.values():
+                self._rebuild_invariants(b)  # the active invariants are derived, not stored
                 b.size = (len(b.templates) + len(b.families) + len(b.hist) + len(b.sess_df) + b.n_trans
                           + len(b.pairs))
                 self._entries += b.size
