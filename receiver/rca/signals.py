@@ -263,7 +263,7 @@ class SpanSignals:
                             for ev in s.events:
                                 if ev.name == "exception":
                                     m = _attr_str(ev.attributes, ["exception.message"])
-                                    if m:
+                                    if m and m not in msg:
                                         msg = f"{msg}; {m}" if msg else m
                         peer = ""
                         if s.kind in (K_CLIENT, K_PRODUCER):

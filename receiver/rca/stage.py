@@ -348,11 +348,11 @@ class RcaStage:
         scores = dict(inc.services)
         result = rank(self.signals, g, inc.order, inc.first_ns, until, anomaly_scores=scores,
                       baseline_s=cfg.baseline_s, weights=self.weights, max_candidates=cfg.max_candidates)
-        if not result.ranked:
-            self.m_suppressed.labels("no_candidates").inc()
-            return None
-        if result.features[result.root].local < cfg.min_score:
-            self.m_suppressed.labels("weak").inc()
+        if not result.ranked or result.features[result.root].local < cfg.min_score:
+            self.m_suppressed.labels("weak" if result.ranked else "no_candidates").inc()
+            if inc.reports == 0:
+                # nothing to report: forget it, so later symptoms start a fresh incident window
+                self._open.pop(inc.id, None)
             return None
         root = result.root
         if root in inc.roots:
