@@ -12,6 +12,8 @@ not tuned per system.
 from __future__ import annotations
 
 import re
+from itertools import chain
+from operator import itemgetter
 
 WILDCARD = "<*>"
 
@@ -38,7 +40,10 @@ _UNIT_WORDS = frozenset(
     "B KB MB GB TB KiB MiB GiB TiB bytes byte sec secs second seconds ms msec msecs millisecond "
     "milliseconds us µs ns min mins minute minutes hour hours".split()
 )
-_MONTHS = frozenset("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
+_MONTHS = frozenset(
+    "Jan Feb Mar Apr May Jun Jul Aug Sep Sept Oct Nov Dec January February March April June July August "
+    "September October November December".split()
+)
 _SENTINEL = "\ue000"  # stands for a masked date inside the line while tokens are masked
 # Every default pattern needs a digit or one of these characters: tokens without any skip the regex.
 _MAYBE_VARIABLE = re.compile(r"[\d/\\.:]").search
@@ -84,6 +89,8 @@ _NEEDS: dict[str, tuple[str, ...]] = {
 }
 _FEATURES = ("digit", "dot", "slash", "colon", "dash")
 _DIGIT = re.compile(r"\d").search
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
+_chain = chain.from_iterable
 _PUNCT = "()[]{}<>,;:'\"=."
 
 
@@ -124,7 +131,7 @@ class Masker:
 
     __slots__ = (
         "_rx",
-        "_dt",
+        "_spans",
         "_cache",
         "_cache_size",
         "_extra",
@@ -140,8 +147,13 @@ class Masker:
         # per token "shape" (which of digit/dot/slash/colon/dash it has): only the patterns that can
         # match it, compiled on first use (at most 32 variants)
         self._by_features: dict[tuple[bool, ...], re.Pattern[str] | None] = {}
-        self._dt = re.compile(f"((?:{_SPANS}))")
-        self._cache: dict[str, tuple[str, tuple[str, ...], bool]] = {}
+        # multi-token spans, by the kind of hint word seen in the line: 1 unit, 2 month, 3 both
+        self._spans = {
+            1: re.compile(f"((?:{_SIZE}|{_DURATION}))"),
+            2: re.compile(f"((?:{_DATETIME}))"),
+            3: re.compile(f"((?:{_SPANS}))"),
+        }
+        self._cache: dict[str, tuple[str, tuple[str, ...], int]] = {}
         self._cache_size = cache_size
         self.cache_dropped = 0
 
@@ -153,39 +165,37 @@ class Masker:
     def mask_tokens(self, text: str) -> tuple[list[str], list[str]]:
         tokens, params, hinted = self._tokens(text, None)
         if hinted:  # a month name or a unit word: dates / sizes / durations may span tokens
-            parts = self._dt.split(text)
+            parts = self._spans[hinted].split(text)
             if len(parts) > 1:
                 tokens, params, _ = self._tokens(_SENTINEL.join(parts[0::2]), parts[1::2])
         return tokens, params
 
-    def _tokens(self, text: str, spans: list[str] | None) -> tuple[list[str], list[str], bool]:
+    def _tokens(self, text: str, spans: list[str] | None) -> tuple[list[str], list[str], int]:
         cache = self._cache
-        tokens: list[str] = []
-        params: list[str] = []
-        hinted = False
-        for tok in text.split():
-            hit = cache.get(tok)
-            if hit is None:
-                if spans is not None and _SENTINEL in tok:
-                    masked, tparams = self._with_dates(tok, spans)
-                    tokens.append(masked)
-                    params.extend(tparams)
+        words = text.split()
+        hits = [cache.get(tok) for tok in words]
+        if None in hits:
+            for i, hit in enumerate(hits):
+                if hit is not None:
                     continue
-                hit = self._mask_token(tok)
+                tok = words[i]
+                if spans is not None and _SENTINEL in tok:
+                    hits[i] = self._with_dates(tok, spans)  # not cached: depends on the line
+                    continue
+                hit = hits[i] = self._mask_token(tok)
                 if len(cache) >= self._cache_size:
                     self.cache_dropped += len(cache)
                     cache.clear()
                 cache[tok] = hit
-            tokens.append(hit[0])
-            if hit[1]:
-                params.extend(hit[1])
-            if hit[2]:
-                hinted = True
+        tokens = list(map(_FIRST, hits))
+        params = list(_chain(map(_SECOND, hits)))
+        kinds = set(map(_THIRD, hits))
+        hinted = (1 in kinds) | ((2 in kinds) << 1)
         return tokens, params, hinted
 
-    def _mask_token(self, tok: str) -> tuple[str, tuple[str, ...], bool]:
+    def _mask_token(self, tok: str) -> tuple[str, tuple[str, ...], int]:
         core = tok.strip(_PUNCT)
-        hint = core in _UNIT_WORDS or (core[:3] in _MONTHS and core.isalpha())
+        hint = 1 if core in _UNIT_WORDS else 2 if core in _MONTHS else 0
         if self._extra:
             rx: re.Pattern[str] | None = self._rx
         else:
@@ -208,7 +218,7 @@ class Masker:
             return tok, (), hint
         return WILDCARD.join(parts[0::2]), tuple(parts[1::2]), hint
 
-    def _with_dates(self, tok: str, dates: list[str]) -> tuple[str, list[str]]:
+    def _with_dates(self, tok: str, dates: list[str]) -> tuple[str, tuple[str, ...], int]:
         pieces = tok.split(_SENTINEL)
         out = []
         params: list[str] = []
@@ -220,4 +230,4 @@ class Masker:
                 masked, tparams, _ = self._mask_token(piece)
                 out.append(masked)
                 params.extend(tparams)
-        return "".join(out), params
+        return "".join(out), tuple(params), 0

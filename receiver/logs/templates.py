@@ -23,6 +23,7 @@ metrics. Templates survive restarts through `save(path)` / `load(path)` (JSON, a
 
 from __future__ import annotations
 
+import heapq
 import json
 import operator
 import os
@@ -88,60 +89,59 @@ class TemplatesConfig(StageConfig):
         require(isinstance(self.extra_mask_patterns, list), "templates.extra_mask_patterns", "must be a list")
         try:
             Masker(self.extra_mask_patterns)
-        except Exception as exc:  # noqa: BLE001 - re.error or our ValueError
+        except (re.error, ValueError) as exc:
             require(False, "templates.extra_mask_patterns", str(exc))
 
 
-class TemplateMatch:
-    """Result of `TemplateMiner.match`. `params` (the variable parts of the line, in order) is computed
-    on first access, so callers that only need the id / template pay nothing for it."""
+class TemplateMatch(tuple):  # noqa: SLOT001 - a tuple: built in C, cheap per line
+    """Result of `TemplateMiner.match`: `template_id` (stable per service), `template` (tokens joined by
+    one space, parameters written `<*>`), `is_new` (this line created the template) and `params` (the
+    variable parts of the line, in order; computed when read, so callers that only need the id /
+    template pay nothing for it)."""
 
-    __slots__ = ("template_id", "template", "is_new", "_params", "_text", "_tokens", "_miner")
+    __slots__ = ()
 
-    def __init__(
-        self,
+    template_id: int = property(operator.itemgetter(0))  # type: ignore[assignment]
+    template: str = property(operator.itemgetter(1))  # type: ignore[assignment]
+    is_new: bool = property(operator.itemgetter(2))  # type: ignore[assignment]
+
+    def __new__(
+        cls,
         template_id: int,
         template: str,
         is_new: bool,
         text: str = "",
         tokens: list[str] | None = None,
         miner: TemplateMiner | None = None,
-        params: list[str] | None = None,
-    ) -> None:
-        self.template_id = template_id  # stable per service (survives save/load)
-        self.template = template  # tokens joined by one space, parameters written <*>
-        self.is_new = is_new  # this line created the template
-        self._params = params
-        self._text = text
-        self._tokens = tokens
-        self._miner = miner
+    ) -> TemplateMatch:
+        return tuple.__new__(cls, (template_id, template, is_new, text, tokens, miner))
 
     @property
     def params(self) -> list[str]:
-        if self._params is None:
-            if self._miner is None or self._tokens is None:
-                self._params = []
-            else:
-                self._params = self._miner.extract_params(self._tokens, self._text)
-        return self._params
+        miner, tokens = self[5], self[4]
+        if miner is None or tokens is None:
+            return []
+        return miner.extract_params(tokens, self[3])
 
     def __repr__(self) -> str:
         return (
-            f"TemplateMatch(template_id={self.template_id}, template={self.template!r}, "
-            f"params={self.params!r}, is_new={self.is_new})"
+            f"TemplateMatch(template_id={self[0]}, template={self[1]!r}, params={self.params!r}, "
+            f"is_new={self[2]})"
         )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TemplateMatch):
             return NotImplemented
-        return (self.template_id, self.template, self.is_new, self.params) == (
-            other.template_id,
-            other.template,
-            other.is_new,
-            other.params,
-        )
+        return (self[0], self[1], self[2], self.params) == (other[0], other[1], other[2], other.params)
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
 
     __hash__ = None  # type: ignore[assignment]
+
+
+_new_match = tuple.__new__
 
 
 class _Cluster:
@@ -184,16 +184,17 @@ class _Service:
     __slots__ = ("clusters", "buckets", "by_len", "cache", "aliases", "next_id", "last")
 
     def __init__(self) -> None:
-        self.clusters: OrderedDict[int, _Cluster] = OrderedDict()  # LRU order, most recent last
+        self.clusters: dict[int, _Cluster] = {}  # by id; recency in cluster.last
         self.buckets: dict[tuple[int, str], list[_Cluster]] = {}
         self.by_len: dict[int, list[_Cluster]] = {}
-        self.cache: dict[bytes, _Cluster] = {}  # digit-stripped line -> cluster
+        self.cache: dict[bytes, _Cluster] = {}  # the line without its digits -> cluster
         self.aliases: OrderedDict[int, int] = OrderedDict()  # merged id -> id it was merged into
         self.next_id = 1
         self.last = 0  # miner line counter when this service was last seen (service LRU)
 
 
 _DIGIT = re.compile(r"[0-9]").search
+_LAST = operator.attrgetter("last")
 
 
 def _has_digit(token: str) -> bool:
@@ -302,10 +303,9 @@ class TemplateMiner:
                 if not cl.alive:
                     cl = _live(cl)
                 if cl is not None and not cl.verify:
-                    svc.clusters.move_to_end(cl.id)
                     cl.count += 1
                     cl.last = tick
-                    return TemplateMatch(cl.id, cl.template, False, text, cl.tokens, self)
+                    return _new_match(TemplateMatch, (cl.id, cl.template, False, text, cl.tokens, self))
             tokens, _ = self._masker.mask_tokens(text)
             if len(tokens) > self._max_tokens:
                 tokens = tokens[: self._max_tokens - 1] + [WILDCARD]
@@ -315,7 +315,7 @@ class TemplateMiner:
             cl.count += 1
             cl.last = tick
             self._cache_put(svc, key, cl)
-            return TemplateMatch(cl.id, cl.template, is_new, text, cl.tokens, self)
+            return _new_match(TemplateMatch, (cl.id, cl.template, is_new, text, cl.tokens, self))
 
     def extract_params(self, template_tokens: list[str], text: str) -> list[str]:
         """The variable parts of `text` under a template (given as its token list), in order."""
@@ -414,12 +414,14 @@ class TemplateMiner:
             for rank, (name, data) in enumerate(items):
                 svc = _Service()
                 svc.last = rank - len(items)  # older than anything matched after the load
-                for item in list(data["templates"])[-cfg.max_templates_per_service :]:
+                kept = list(data["templates"])[-cfg.max_templates_per_service :]
+                for idx, item in enumerate(kept):
                     tokens = [str(t) for t in item["tokens"]]
                     if not tokens:
                         tokens = [""]
                     cid = int(item["id"])
                     cl = _Cluster(cid, tokens, (len(tokens), _first_key(tokens)), int(item.get("count", 0)))
+                    cl.last = idx - len(kept)  # keeps the saved recency order
                     svc.clusters[cid] = cl
                     svc.buckets.setdefault(cl.key, []).append(cl)
                     svc.by_len.setdefault(len(tokens), []).append(cl)
@@ -519,7 +521,6 @@ class TemplateMiner:
             ]
             if new_tokens != best.tokens:
                 best.set_tokens(new_tokens)
-            svc.clusters.move_to_end(best.id)
             return best, False
         cl = self._create(svc, tokens, key)
         target = self._merge_siblings(svc, cl)
@@ -576,7 +577,6 @@ class TemplateMiner:
             self._unbucket(svc, target)
             target.key = new_key
             svc.buckets.setdefault(new_key, []).append(target)
-        svc.clusters.move_to_end(target.id)
         return target
 
     def _alias(self, svc: _Service, old: int, new: int) -> None:
@@ -593,9 +593,11 @@ class TemplateMiner:
             self._remove(svc, victim)
             self.evicted_bucket_cap += 1
         if len(svc.clusters) >= cfg.max_templates_per_service:
-            _, victim = next(iter(svc.clusters.items()))
-            self._remove(svc, victim)
-            self.evicted_template_cap += 1
+            # evict the least recently matched templates, a batch at a time (amortised O(log n))
+            batch = max(1, cfg.max_templates_per_service // 20)
+            for victim in heapq.nsmallest(batch, svc.clusters.values(), key=_LAST):
+                self._remove(svc, victim)
+                self.evicted_template_cap += 1
         cl = _Cluster(svc.next_id, tokens, key)
         svc.next_id += 1
         svc.clusters[cl.id] = cl
