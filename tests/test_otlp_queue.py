@@ -66,7 +66,7 @@ def test_capacity_counts_items_and_refuses_when_full() -> None:
         with pytest.raises(RetryableError) as ei:
             q.consume_traces(_traces(1, "b"))
         assert ei.value.retry_after_s == 0.3
-        assert "full (10 of 10 items queued)" in str(ei.value)
+        assert "full (10 of 10 items," in str(ei.value)
         assert _metric(reg, "llm_log_analyzer_queue_refused_items_total", signal="traces") == 1
         gate.open.set()
         assert q.drain(5)
@@ -179,6 +179,7 @@ def test_empty_requests_are_not_queued() -> None:
     ("kwargs", "key"),
     [
         ({"capacity_items": 0}, "queue.capacity_items"),
+        ({"capacity_bytes": 0}, "queue.capacity_bytes"),
         ({"workers": 0}, "queue.workers"),
         ({"retry_after_s": -1}, "queue.retry_after_s"),
         ({"shutdown_timeout_s": -1}, "queue.shutdown_timeout_s"),
@@ -206,4 +207,29 @@ def test_enqueue_while_drain_waits_still_wakes_a_worker() -> None:
             assert q.drain(10)
         assert len(sink.spans()) == 40
     finally:
+        q.shutdown()
+
+
+def test_byte_capacity_bounds_memory_for_requests_with_huge_attributes() -> None:
+    reg = CollectorRegistry()
+    gate = Gate()
+    q = BoundedQueue(QueueConfig(capacity_items=1000, capacity_bytes=64 * 1024), [gate], [gate], reg)
+    q.start()
+    big = _traces(2, "big")
+    big.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="blob").value.string_value = "x" * 40_000
+    try:
+        q.consume_traces(big)  # ~40 KB, measured with ByteSize()
+        assert gate.entered.wait(5)
+        assert 40_000 < _metric(reg, "llm_log_analyzer_queue_size_bytes") < 41_000
+        with pytest.raises(RetryableError, match="bytes queued"):
+            q.consume_traces(big)  # 2 items only, but 80 KB > 64 KB
+        q.consume_logs(_logs(3), size_bytes=1000)  # caller-supplied size; fits
+        assert _metric(reg, "llm_log_analyzer_queue_capacity_bytes") == 64 * 1024
+        gate.open.set()
+        assert q.drain(5)
+        assert _metric(reg, "llm_log_analyzer_queue_size_bytes") == 0
+        q.consume_traces(big)  # room again
+        assert q.drain(5)
+    finally:
+        gate.open.set()
         q.shutdown()

@@ -39,7 +39,7 @@ def _traces_handler(ingest: Ingest) -> grpc.RpcMethodHandler:
     async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
             req = _decode(trace_service_pb2.ExportTraceServiceRequest, data, "ExportTraceServiceRequest")
-            return ingest.export_traces(req, GRPC)
+            return ingest.export_traces(req, GRPC, len(data))
         except WireError as err:
             if not err.counted:
                 ingest.metrics.request(GRPC, TRACES, outcome_for(err))
@@ -56,7 +56,7 @@ def _logs_handler(ingest: Ingest) -> grpc.RpcMethodHandler:
     async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
             req = _decode(logs_service_pb2.ExportLogsServiceRequest, data, "ExportLogsServiceRequest")
-            return ingest.export_logs(req, GRPC)
+            return ingest.export_logs(req, GRPC, len(data))
         except WireError as err:
             if not err.counted:
                 ingest.metrics.request(GRPC, LOGS, outcome_for(err))

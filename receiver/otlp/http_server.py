@@ -140,7 +140,7 @@ class OtlpHttpHandlers:
         signal: str,
         message_type: Any,
         parse_json: Callable[[bytes, Any], Any],
-        export: Callable[[Any, str], Any],
+        export: Callable[[Any, str, int], Any],
     ) -> web.StreamResponse:
         ctype = request.content_type  # lower-cased mime type without parameters
         as_json = ctype == JSON
@@ -161,7 +161,7 @@ class OtlpHttpHandlers:
                     raise bad_request(str(exc)) from None
             else:
                 req = _decode_protobuf(message_type(), body)
-            resp = export(req, HTTP)
+            resp = export(req, HTTP, len(body))
         except UnsupportedMediaType as exc:
             self._ingest.metrics.request(HTTP, signal, "unsupported_media_type")
             return web.Response(status=415, text=f"415 {exc}", content_type="text/plain")

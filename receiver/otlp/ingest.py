@@ -95,15 +95,16 @@ def outcome_for(err: WireError) -> str:
     }.get(name, "internal")
 
 
-def _takes_items(consumer: Any, method: str) -> bool:
-    """BoundedQueue.consume_* accept `items=` so the queue need not count again."""
+def _takes_sizes(consumer: Any, method: str) -> bool:
+    """BoundedQueue.consume_* accept `items=` and `size_bytes=` so the queue need not measure again."""
     fn = getattr(consumer, method, None)
     if fn is None:
         return False
     try:
-        return "items" in inspect.signature(fn).parameters
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+    return "items" in params and "size_bytes" in params
 
 
 class Ingest:
@@ -118,8 +119,8 @@ class Ingest:
         self.logs = logs
         self.metrics = metrics
         self._retry_after = default_retry_after_s
-        self._traces_items = _takes_items(traces, "consume_traces")
-        self._logs_items = _takes_items(logs, "consume_logs")
+        self._traces_sizes = _takes_sizes(traces, "consume_traces")
+        self._logs_sizes = _takes_sizes(logs, "consume_logs")
         self._last_bug_log = -1e9
 
     def _refused(self, exc: Exception) -> WireError:
@@ -130,8 +131,11 @@ class Ingest:
                 log.error("OTLP receiver: downstream consumer raised %s", type(exc).__name__, exc_info=exc)
         return from_exception(exc, self._retry_after)
 
-    def export_traces(self, req: ExportTraceServiceRequest, transport: str) -> ExportTraceServiceResponse:
-        """Raises WireError when the pipeline refuses the request."""
+    def export_traces(
+        self, req: ExportTraceServiceRequest, transport: str, wire_bytes: int | None = None
+    ) -> ExportTraceServiceResponse:
+        """`wire_bytes`: the (decompressed) request size if known. Raises WireError when the pipeline
+        refuses the request."""
         assert self.traces is not None
         m = self.metrics
         v = validate_traces(req)
@@ -141,8 +145,9 @@ class Ingest:
             return resp
         if v.accepted:
             try:
-                if self._traces_items:
-                    self.traces.consume_traces(v.request, items=v.accepted)  # type: ignore[call-arg]
+                if self._traces_sizes:
+                    size = wire_bytes if wire_bytes is not None else v.request.ByteSize()  # type: ignore[attr-defined]
+                    self.traces.consume_traces(v.request, items=v.accepted, size_bytes=size)  # type: ignore[call-arg]
                 else:
                     self.traces.consume_traces(v.request)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 - mapped to a wire status in one place
@@ -161,7 +166,9 @@ class Ingest:
             m.request(transport, TRACES, "success")
         return resp
 
-    def export_logs(self, req: ExportLogsServiceRequest, transport: str) -> ExportLogsServiceResponse:
+    def export_logs(
+        self, req: ExportLogsServiceRequest, transport: str, wire_bytes: int | None = None
+    ) -> ExportLogsServiceResponse:
         assert self.logs is not None
         m = self.metrics
         v = validate_logs(req)
@@ -171,8 +178,9 @@ class Ingest:
             return resp
         if v.accepted:
             try:
-                if self._logs_items:
-                    self.logs.consume_logs(v.request, items=v.accepted)  # type: ignore[call-arg]
+                if self._logs_sizes:
+                    size = wire_bytes if wire_bytes is not None else v.request.ByteSize()  # type: ignore[attr-defined]
+                    self.logs.consume_logs(v.request, items=v.accepted, size_bytes=size)  # type: ignore[call-arg]
                 else:
                     self.logs.consume_logs(v.request)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001

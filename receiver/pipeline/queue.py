@@ -1,12 +1,13 @@
 """BoundedQueue: the hand-off between the receive path and the analysis stages.
 
 Ingest never waits on analysis: `consume_traces` / `consume_logs` only append to a bounded in-memory
-queue (capacity counted in items = spans + log records) and return. Worker thread(s) deliver each
+queue (capacity counted in items = spans + log records, and in bytes of serialized requests, so a few
+requests with huge attributes cannot exhaust memory either) and return. Worker thread(s) deliver each
 request to every downstream consumer. When the queue is full the caller gets `RetryableError` (the
 receiver answers UNAVAILABLE + RetryInfo / 503 + Retry-After) -- data is never dropped silently.
 
-A request larger than the whole capacity is accepted when the queue is empty (otherwise it could never
-be accepted), so the capacity may be exceeded by at most one request.
+A request larger than the whole capacity (items or bytes) is accepted when the queue is empty (otherwise
+it could never be accepted), so a capacity may be exceeded by at most one request.
 
 A consumer that raises is logged (rate-limited) and counted in
 `llm_log_analyzer_queue_consumer_errors_total`; the worker keeps going and the other consumers still get
@@ -42,6 +43,7 @@ LOGS = "logs"
 @dataclass
 class QueueConfig(StageConfig):
     capacity_items: int = 100_000  # spans + log records waiting for delivery
+    capacity_bytes: int = 64 * 1024 * 1024  # serialized size of the requests waiting for delivery
     workers: int = 1  # >1 only if every downstream consumer is thread-safe
     retry_after_s: float = 1.0  # suggested to clients when full
     shutdown_timeout_s: float = 30.0  # how long shutdown waits to deliver what is queued
@@ -50,6 +52,8 @@ class QueueConfig(StageConfig):
         super().validate()
         require(isinstance(self.capacity_items, int), "queue.capacity_items", "must be an integer")
         positive(self.capacity_items, "queue.capacity_items")
+        require(isinstance(self.capacity_bytes, int), "queue.capacity_bytes", "must be an integer")
+        positive(self.capacity_bytes, "queue.capacity_bytes")
         require(
             isinstance(self.workers, int) and 1 <= self.workers <= 64,
             "queue.workers",
@@ -85,9 +89,10 @@ class BoundedQueue:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # workers wait here for requests
         self._done = threading.Condition(self._lock)  # drain() waits here for deliveries
-        # entries: (seq, kind, request, items)
+        # entries: (seq, kind, request, items, size_bytes)
         self._q: collections.deque[tuple[int, str, Any, int]] = collections.deque()
         self._items = 0
+        self._bytes = 0
         self._next_seq = 0
         self._in_flight: set[int] = set()
         self._running = False
@@ -103,6 +108,16 @@ class BoundedQueue:
         self._m_size.set_function(lambda: self._items)
         cap = Gauge("llm_log_analyzer_queue_capacity_items", "Capacity of the ingest queue", registry=r)
         cap.set(config.capacity_items)
+        size_b = Gauge(
+            "llm_log_analyzer_queue_size_bytes",
+            "Serialized bytes of the requests waiting in the ingest queue",
+            registry=r,
+        )
+        size_b.set_function(lambda: self._bytes)
+        cap_b = Gauge(
+            "llm_log_analyzer_queue_capacity_bytes", "Capacity of the ingest queue in bytes", registry=r
+        )
+        cap_b.set(config.capacity_bytes)
         self._m_enqueued = Counter(
             "llm_log_analyzer_queue_enqueued_items",
             "Items accepted into the ingest queue",
@@ -166,28 +181,48 @@ class BoundedQueue:
         self._workers.clear()
 
     # --- the consuming side ------------------------------------------------------------------
-    def consume_traces(self, request: ExportTraceServiceRequest, items: int | None = None) -> None:
-        self._put(TRACES, request, count_spans(request) if items is None else items)
+    def consume_traces(
+        self, request: ExportTraceServiceRequest, items: int | None = None, size_bytes: int | None = None
+    ) -> None:
+        """`items` / `size_bytes` (serialized size) may be passed by a caller that knows them already."""
+        self._put(
+            TRACES,
+            request,
+            count_spans(request) if items is None else items,
+            request.ByteSize() if size_bytes is None else size_bytes,
+        )
 
-    def consume_logs(self, request: ExportLogsServiceRequest, items: int | None = None) -> None:
-        self._put(LOGS, request, count_log_records(request) if items is None else items)
+    def consume_logs(
+        self, request: ExportLogsServiceRequest, items: int | None = None, size_bytes: int | None = None
+    ) -> None:
+        self._put(
+            LOGS,
+            request,
+            count_log_records(request) if items is None else items,
+            request.ByteSize() if size_bytes is None else size_bytes,
+        )
 
-    def _put(self, kind: str, request: Any, items: int) -> None:
+    def _put(self, kind: str, request: Any, items: int, size_bytes: int) -> None:
         if items <= 0:
             return
         with self._cond:
             if not self._running:
                 self._m_refused.labels(kind).inc(items)
                 raise RetryableError("ingest queue is not running", self.config.retry_after_s)
-            if self._items > 0 and self._items + items > self.config.capacity_items:
+            cfg = self.config
+            if self._items > 0 and (
+                self._items + items > cfg.capacity_items or self._bytes + size_bytes > cfg.capacity_bytes
+            ):
                 self._m_refused.labels(kind).inc(items)
                 raise RetryableError(
-                    f"ingest queue full ({self._items} of {self.config.capacity_items} items queued)",
-                    self.config.retry_after_s,
+                    f"ingest queue full ({self._items} of {cfg.capacity_items} items, "
+                    f"{self._bytes} of {cfg.capacity_bytes} bytes queued)",
+                    cfg.retry_after_s,
                 )
-            self._q.append((self._next_seq, kind, request, items))
+            self._q.append((self._next_seq, kind, request, items, size_bytes))
             self._next_seq += 1
             self._items += items
+            self._bytes += size_bytes
             if self._idle_workers:
                 self._cond.notify()
         self._c_enqueued[kind].inc(items)
@@ -227,7 +262,7 @@ class BoundedQueue:
                         self._idle_workers -= 1
                 if not self._q:
                     return
-                seq, kind, request, items = self._q.popleft()
+                seq, kind, request, items, size_bytes = self._q.popleft()
                 self._in_flight.add(seq)
             try:
                 self._deliver(kind, request)
@@ -235,6 +270,7 @@ class BoundedQueue:
                 with self._cond:
                     self._in_flight.discard(seq)
                     self._items -= items
+                    self._bytes -= size_bytes
                     self._done.notify_all()
                 self._c_delivered[kind].inc(items)
 
