@@ -229,34 +229,32 @@ def test_llm_may_reorder_only_by_citing_evidence(db_down_signals):
 
 
 def test_similar_past_incidents_go_into_the_prompt(db_down_signals):
-    from receiver.rca.incident_model import Incident
+    """With the real IncidentTracker: a resolved past incident is offered to the LLM and listed."""
+    from receiver.rca.incidents import IncidentConfig, IncidentTracker
 
     sim, sig = db_down_signals
-
-    class Memory:  # the IncidentTracker.similar interface
-        def __init__(self) -> None:
-            self.asked: list[Incident] = []
-
-        def similar(self, incident: Incident, k: int = 3):
-            self.asked.append(incident)
-            past = Incident(id="past-1", services=["postgres", "checkout"], root_cause_service="postgres",
-                            root_cause_issue="postgres disk full", remediation=["free disk space"])
-            return [(past, 0.8)]
-
-    mem = Memory()
+    clock = [10**18]
+    tracker = IncidentTracker(IncidentConfig(), None, CollectorRegistry(), clock=lambda: clock[0])
+    t = sim.start_ns - 3600 * 10**9  # an hour before the simulated outage
+    past = Finding(EVENT_RCA, {R_ROOT_CAUSE: "postgres", R_CANDIDATES: ["postgres", "checkout"],
+                               R_PATH: ["postgres", "checkout"], R_CONFIDENCE: 0.9, R_EVIDENCE: ["[E1] x"],
+                               "rca.root_cause_issue": "postgres disk full",
+                               "rca.remediation": ["free disk space on postgres"]}, time_ns=t)
+    tracker.consume_findings([_anomaly(sim, "checkout", -3600.0), past])
+    clock[0] += 10**13
+    (resolved,) = tracker.resolve_quiet()
     with FakeLlmServer([("ok", _answer("postgres"))]) as fake:
         analyst = _llm_analyst(fake.url)
         try:
-            stage, sink = _stage(sig, analyst=analyst, incidents=mem)
+            stage, sink = _stage(sig, analyst=analyst, incidents=tracker)
             stage.consume_findings([_anomaly(sim, "checkout", WARMUP + 20)])
             stage.flush()
         finally:
             analyst.shutdown()
         prompt = json.dumps(fake.bodies[0])
-    assert "postgres disk full" in prompt and "free disk space" in prompt
-    assert mem.asked and "postgres" in mem.asked[0].services
+    assert "postgres disk full" in prompt and "free disk space on postgres" in prompt
     rep = [f for f in sink.findings if f.event_name == EVENT_RCA][0]
-    assert rep.attributes["rca.similar_incidents"] == ["past-1"]
+    assert rep.attributes["rca.similar_incidents"] == [resolved.id]
 
 
 def test_no_report_without_evidence():

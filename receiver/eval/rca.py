@@ -1,7 +1,8 @@
 """`llm-log-analyzer eval rca --cases N --seed S [--json]`: root-cause accuracy on simulated faults.
 
 Each case simulates the shop (receiver.sim) at event time with historical timestamps: a fault-free
-warm-up, then one fault (kind and root-cause service cycling over `DEFAULT_TARGETS`). The OTLP
+warm-up, then one fault (kind and root-cause service cycling over `DEFAULT_TARGETS`; intensity,
+onset within a 10 s bucket and traffic rate drawn from the case seed). The OTLP
 requests go through the real stages -- service graph, span signals, logs stage (redaction, template
 mining, event-time windows) with the tier-0 detector, and the RCA stage -- and at the end everything
 is flushed. The first `rca.report` emitted at or after the fault onset is scored:
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -98,15 +100,21 @@ class Pipeline:
 
 
 def run_case(kind: str, service: str, caller: str, seed: int, *, use_logs: bool = True,
-             warmup_s: float = WARMUP_S, fault_s: float = FAULT_S) -> CaseResult:
-    fault = Fault(kind, service, caller=caller, start_s=warmup_s)
-    sim = Simulator(seed=seed, faults=[fault])
+             warmup_s: float = WARMUP_S, fault_s: float = FAULT_S, vary: bool = False) -> CaseResult:
+    """One case. `vary`: draw the fault intensity (0.5-1.2), an onset not aligned to the buckets and
+    the traffic rate (3-7 requests/s) from the seed, as the evaluation does."""
+    intensity, rate, onset = 1.0, 5.0, warmup_s
+    if vary:
+        r = random.Random(seed * 1_000_003 + 7)
+        intensity, rate, onset = r.uniform(0.5, 1.2), r.uniform(3.0, 7.0), warmup_s + r.uniform(0.0, 10.0)
+    fault = Fault(kind, service, caller=caller, start_s=onset, intensity=intensity)
+    sim = Simulator(seed=seed, faults=[fault], rate_per_s=rate)
     pipe = Pipeline(use_logs=use_logs)
-    for _, traces, logs in sim.run_virtual(warmup_s + fault_s, STEP_S):
+    for _, traces, logs in sim.run_virtual(onset + fault_s, STEP_S):
         pipe.consume(traces, logs)
     pipe.flush()
     sim.shutdown()
-    onset_ns = sim.start_ns + int(warmup_s * 1e9)
+    onset_ns = sim.start_ns + int(onset * 1e9)
     res = CaseResult(kind, service, caller, seed)
     reports: list[Finding] = [f for f in pipe.sink.findings if f.event_name == EVENT_RCA]
     res.anomalies = sum(1 for f in pipe.sink.findings if f.event_name == EVENT_ANOMALY)
@@ -128,7 +136,7 @@ def evaluate(cases: int, seed: int, use_logs: bool = True, progress: bool = Fals
     results: list[CaseResult] = []
     for i in range(cases):
         kind, caller, service = targets[i % len(targets)]
-        r = run_case(kind, service, caller, seed + i, use_logs=use_logs)
+        r = run_case(kind, service, caller, seed + i, use_logs=use_logs, vary=True)
         results.append(r)
         if progress:
             print(f"  case {i + 1}/{cases}: {kind:<20} {service:<15} rank={r.rank_of_truth()} "

@@ -372,7 +372,9 @@ class RcaStage:
             from receiver.rca.incident_model import Incident
 
             probe = Incident(services=list(dict.fromkeys([result.root, *result.symptomatic])))
-            found = self.incidents.similar(probe, self.config.similar_k)
+            # past incidents only: the one being analysed is open in the tracker too
+            found = [(i, sc) for i, sc in self.incidents.similar(probe, self.config.similar_k + 2)
+                     if getattr(i, "status", "") != "open"][: self.config.similar_k]
         except Exception:  # noqa: BLE001 - incident memory is advisory
             self.m_suppressed.labels("similar_error").inc()
             return [], []

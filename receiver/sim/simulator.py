@@ -401,7 +401,8 @@ class _Ctx:
 
     def preamble(self) -> None:
         sim, svc = self.sim, self.service
-        if sim._active("bad_deploy", svc) and sim.rng.random() < 0.35:
+        bad = sim._active("bad_deploy", svc)
+        if bad and sim.rng.random() < min(1.0, 0.35 * bad.intensity):
             self.work(2.0)
             self.log("ERROR", f"failed to deserialize request payload: unknown field 'discount_v2' "
                               f"(schema v{sim.rng.randint(7, 9)})", **{"code.function": self.op})
@@ -420,7 +421,8 @@ class _Ctx:
             self.t += int(wait_ms * MS)
             if sim.rng.random() < 0.2:
                 self.log("WARN", f"GC overhead high: heap used {sim.rng.randint(92, 99)}% of 2048MB")
-        if sim._active("exception", svc) and sim.rng.random() < 0.4:
+        exc = sim._active("exception", svc)
+        if exc and sim.rng.random() < min(1.0, 0.4 * exc.intensity):
             self.work(1.0)
             field_name = sim.rng.choice(["customer", "address", "currency", "sku"])
             self.log("ERROR", f"unhandled exception in {self.op}: NullPointerException: "
