@@ -44,7 +44,7 @@ from receiver.logs.masking import WILDCARD, Masker
 STATE_VERSION = 1
 _DIGITS = b"0123456789"
 _MAX_ALIAS_HOPS = 32
-_VERIFY = 16
+_VERIFY = 8
 
 
 @dataclass
@@ -145,7 +145,18 @@ _new_match = tuple.__new__
 
 
 class _Cluster:
-    __slots__ = ("id", "tokens", "template", "count", "alive", "key", "last", "merged_into", "verify", "skel")
+    __slots__ = (
+        "id",
+        "tokens",
+        "template",
+        "count",
+        "alive",
+        "key",
+        "last",
+        "merged_into",
+        "verify",
+        "_skel",
+    )
 
     def __init__(self, cid: int, tokens: list[str], key: tuple[int, str], count: int = 0) -> None:
         self.id = cid
@@ -159,23 +170,30 @@ class _Cluster:
         # a template keeping digits as constants (`ssh2`, `node n1`) is checked on its next
         # `_VERIFY` lines before the line cache (which ignores digits) is trusted for it
         self.verify = _VERIFY if _has_digit(self.template) else 0
-        self.skel = [_skel_token(t) for t in tokens]
+        self._skel: list[str] | None = None
+
+    @property
+    def skel(self) -> list[str]:
+        """The tokens with their value parts erased (computed when first needed)."""
+        if self._skel is None:
+            self._skel = [_skel_token(t) for t in self.tokens]
+        return self._skel
 
     def set_tokens(self, tokens: list[str]) -> None:
         self.tokens = tokens
         self.template = " ".join(tokens)
         self.verify = _VERIFY if _has_digit(self.template) else 0
-        self.skel = [_skel_token(t) for t in tokens]
+        self._skel = None
 
 
 def _skel_token(token: str) -> str:
     """A token with its value parts erased: what must stay equal between sibling templates."""
-    if WILDCARD in token or _has_digit(token):
+    if WILDCARD in token or _DIGIT(token) is not None:
         return WILDCARD
     i = token.find("=")
     if i > 0:
         return token[: i + 1]
-    if token.lower() in _VALUE_WORDS:
+    if len(token) <= 9 and token.lower() in _VALUE_WORDS:
         return WILDCARD
     return token
 
@@ -306,7 +324,7 @@ class TemplateMiner:
                     cl.count += 1
                     cl.last = tick
                     return _new_match(TemplateMatch, (cl.id, cl.template, False, text, cl.tokens, self))
-            tokens, _ = self._masker.mask_tokens(text)
+            tokens = self._masker.tokens(text)
             if len(tokens) > self._max_tokens:
                 tokens = tokens[: self._max_tokens - 1] + [WILDCARD]
             cl, is_new = self._search_or_create(svc, tokens)
@@ -515,12 +533,13 @@ class TemplateMiner:
             if wild:
                 best = self._best(wild, tokens)
         if best is not None:
-            new_tokens = [
-                a if a == b or (WILDCARD in a and _glob(a, b)) else _merge_token(a, b)
-                for a, b in zip(best.tokens, tokens, strict=True)
-            ]
-            if new_tokens != best.tokens:
-                best.set_tokens(new_tokens)
+            if best.tokens != tokens:
+                new_tokens = [
+                    a if a == b or (WILDCARD in a and _glob(a, b)) else _merge_token(a, b)
+                    for a, b in zip(best.tokens, tokens, strict=True)
+                ]
+                if new_tokens != best.tokens:
+                    best.set_tokens(new_tokens)
             return best, False
         cl = self._create(svc, tokens, key)
         target = self._merge_siblings(svc, cl)
@@ -539,6 +558,8 @@ class TemplateMiner:
         tokens = cl.tokens
         # a one-word difference only says "variable" when enough constant words surround it
         n_const = sum(1 for t in tokens if WILDCARD not in t)
+        if n_const <= self._min_constants:
+            return None
         constants = [n_const - (WILDCARD not in t) for t in tokens]
         ne = operator.ne
         skel = cl.skel
