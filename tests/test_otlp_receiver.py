@@ -665,3 +665,24 @@ def test_pathologically_nested_payloads_are_400_not_a_crash() -> None:
         assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert requests.post(rr.http_base + "/v1/traces", json=TRACE_JSON, timeout=10).status_code == 200
         assert len(sink.spans()) == 1
+
+
+def test_shutdown_is_safe_without_start_and_idempotent() -> None:
+    import asyncio
+
+    from receiver.otlp import OtlpReceiver
+
+    async def run() -> tuple[int | None, int | None]:
+        r = OtlpReceiver(local_config(), Sink(), Sink())
+        await r.shutdown()
+        await r.start()
+        await r.start()  # idempotent
+        ports = (r.grpc_port, r.http_port)
+        await r.shutdown()
+        await r.shutdown()
+        return ports
+
+    grpc_port, http_port = asyncio.run(run())
+    assert grpc_port and http_port and grpc_port != http_port
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"http://127.0.0.1:{http_port}/v1/traces", json={}, timeout=5)
