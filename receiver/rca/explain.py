@@ -240,8 +240,9 @@ def _quote(text: str, limit: int = 400) -> str:
 def llm_messages(result: RankResult, evidence: Evidence, kind: str,
                  similar: Sequence[str]) -> list[dict[str, str]]:
     cand_lines = [f"{i + 1}. {n} score={s:.2f}" for i, (n, s) in enumerate(result.ranked[:8])]
-    ev_lines = [_quote(e) for e in evidence.items]
-    sim_lines = [_quote(s, 300) for s in similar] or ["none"]
+    # small models have small contexts: the first (strongest) evidence, each line cut
+    ev_lines = [_quote(e, 200) for e in evidence.items[:10]]
+    sim_lines = [_quote(s, 240) for s in similar[:3]] or ["none"]
     system = ("You are an SRE assistant doing root-cause analysis on a microservice call graph. Failures "
               "propagate from a callee to its callers. Answer with JSON only. root_cause_service MUST be one "
               "of the candidates. Keep the statistical ranking unless the evidence clearly shows otherwise; "

@@ -140,6 +140,8 @@ def compute_features(signals: SpanSignals, graph: nx.DiGraph, node: str, onset_n
     bns = signals.bucket_ns()
     cur_lo = onset_ns // bns * bns
     base_lo = cur_lo - int(baseline_s * 1e9)
+    # only whole buckets: a bucket that ends after `until` would leak later data into the analysis
+    until_ns = max(cur_lo, until_ns // bns * bns)
     f = Features(node)
     nb = signals.node_buckets(node)
     base_rows = _window(nb, base_lo, cur_lo)
