@@ -221,3 +221,97 @@ def test_thread_safety_basic() -> None:
     assert miner.lines == 2000
     for svc in ("svc0", "svc1"):
         assert len(miner.templates(svc)) == 1
+
+
+def test_dates_sizes_and_durations_are_one_value() -> None:
+    masker = Masker()
+    masked, params = masker.mask("connection from 24.54.76.216 () at Fri Jun 17 07:07:00 2005")
+    assert masked == "connection from <*> () at <*>"
+    assert params == ["24.54.76.216", "Fri Jun 17 07:07:00 2005"]
+    masked, params = masker.mask(
+        "a.b.com:5070 close, 1190 bytes (1.16 KB) sent, 0 bytes received, lifetime <1 sec"
+    )
+    assert masked == "<*> close, <*> sent, <*> received, lifetime <*>"
+    assert params == ["a.b.com:5070", "1190 bytes (1.16 KB)", "0 bytes", "<1 sec"]
+    # the token-only path used by matching gives the same tokens
+    assert masker.tokens("x 12 bytes sent at Mar 3 10:00:01") == ["x", "<*>", "sent", "at", "<*>"]
+    assert masker.tokens("Marking 3 items") == ["Marking", "<*>", "items"]
+
+
+def test_template_with_literal_digits_still_learns_behind_the_line_cache() -> None:
+    # "n1" / "n2" differ only in digits, so both lines share a line-cache key: the template must
+    # still see the second line and generalise (it is verified for a few lines before the cache).
+    miner = TemplateMiner(TemplatesConfig())
+    first = miner.match("s", "node n1 is up again")
+    second = miner.match("s", "node n2 is up again")
+    assert second.template_id == first.template_id
+    assert second.template == "node <*> is up again"
+    assert second.params == ["n2"]
+
+
+def test_value_words_generalise_at_once_but_words_do_not() -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    a = miner.match("s", "keyguard active true for display 0")
+    b = miner.match("s", "keyguard active false for display 1")
+    assert a.template_id == b.template_id and b.template == "keyguard active <*> for display <*>"
+    c = miner.match("s", "Failed password for root from 10.0.0.1 port 22 ssh2")
+    d = miner.match("s", "Failed none for root from 10.0.0.2 port 23 ssh2")
+    assert c.template_id != d.template_id  # a different word: another event until proven otherwise
+
+
+def test_total_template_cap_evicts_from_the_biggest_service() -> None:
+    reg = CollectorRegistry()
+    miner = TemplateMiner(TemplatesConfig(max_templates_total=6), registry=reg)
+    for i in range(5):
+        miner.match("big", f"event{chr(97 + i)} alpha beta")
+    miner.match("small", "only one here")
+    miner.match("small", "and another one")  # 7th template: the big service pays
+    assert miner.active_templates() <= 6
+    assert len(miner.templates("small")) == 2
+    assert len(miner.templates("big")) == 4
+    assert metric(reg, "log_templates_evicted_total", {"reason": "total_templates_cap"}) == 1
+
+
+def test_merged_ids_survive_save_and_load(tmp_path) -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    ids = [miner.match("s", f"user {u} logged out of the console").template_id for u in ("ann", "bob", "cy")]
+    assert len(set(ids)) == 2 and ids[2] == ids[0]  # third sibling merged the first two
+    path = tmp_path / "t.json"
+    miner.save(str(path))
+    fresh = TemplateMiner(TemplatesConfig())
+    fresh.load(str(path))
+    assert fresh.template("s", ids[1]) == "user <*> logged out of the console"
+    assert fresh.canonical_id("s", ids[1]) == ids[0]
+    m = fresh.match("s", "user dan logged out of the console")
+    assert m.template_id == ids[0] and not m.is_new
+
+
+def test_load_applies_the_current_caps(tmp_path) -> None:
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet".split()
+    big = TemplateMiner(TemplatesConfig())
+    for w in words:
+        big.match("s", f"{w} finished")
+    path = tmp_path / "t.json"
+    big.save(str(path))
+    small = TemplateMiner(TemplatesConfig(max_templates_per_service=4))
+    assert small.load(str(path)) == 4
+    assert sorted(small.templates("s").values()) == [f"{w} finished" for w in words[6:]]  # most recent kept
+
+
+def test_metrics_exposed() -> None:
+    reg = CollectorRegistry()
+    miner = TemplateMiner(TemplatesConfig(), registry=reg)
+    miner.match("a", "hello there 1")
+    miner.match("a", "hello there 2")
+    miner.match("b", "bye")
+    assert metric(reg, "log_templates_lines_total") == 3
+    assert metric(reg, "log_templates_created_total") == 2
+    assert metric(reg, "log_templates_active") == 2
+    assert metric(reg, "log_template_services_active") == 2
+    for name in (
+        "log_templates_merged_total",
+        "log_template_cache_evicted_total",
+        "log_template_token_cache_evicted_total",
+        "log_template_aliases_evicted_total",
+    ):
+        assert metric(reg, name) == 0

@@ -33,6 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -55,6 +56,7 @@ class TemplatesConfig(StageConfig):
     merge_siblings: int = 3  # this many templates differing in one word position are merged
     merge_min_constants: int = 3  # ... if at least this many other tokens are constant words
     max_templates_per_service: int = 2000  # least-recently-matched template evicted beyond this
+    max_templates_total: int = 20_000  # all services: the biggest service's LRU templates go first
     max_services: int = 500  # least-recently-seen service (with its templates) evicted beyond this
     max_bucket_templates: int = 200  # templates scanned per (length, first token) bucket
     cache_size: int = 50_000  # line-key -> template cache entries (all services)
@@ -74,6 +76,7 @@ class TemplatesConfig(StageConfig):
             "merge_siblings",
             "merge_min_constants",
             "max_templates_per_service",
+            "max_templates_total",
             "max_services",
             "max_bucket_templates",
             "cache_size",
@@ -156,6 +159,7 @@ class _Cluster:
         "merged_into",
         "verify",
         "_skel",
+        "tail",
     )
 
     def __init__(self, cid: int, tokens: list[str], key: tuple[int, str], count: int = 0) -> None:
@@ -171,6 +175,7 @@ class _Cluster:
         # `_VERIFY` lines before the line cache (which ignores digits) is trusted for it
         self.verify = _VERIFY if _has_digit(self.template) else 0
         self._skel: list[str] | None = None
+        self.tail: tuple[object, ...] | None = None  # sibling index key: (length, skeleton minus 1st)
 
     @property
     def skel(self) -> list[str]:
@@ -199,12 +204,12 @@ def _skel_token(token: str) -> str:
 
 
 class _Service:
-    __slots__ = ("clusters", "buckets", "by_len", "cache", "aliases", "next_id", "last")
+    __slots__ = ("clusters", "buckets", "tails", "cache", "aliases", "next_id", "last")
 
     def __init__(self) -> None:
         self.clusters: dict[int, _Cluster] = {}  # by id; recency in cluster.last
         self.buckets: dict[tuple[int, str], list[_Cluster]] = {}
-        self.by_len: dict[int, list[_Cluster]] = {}
+        self.tails: dict[tuple[object, ...], list[_Cluster]] = {}  # templates by all but their 1st word
         self.cache: dict[bytes, _Cluster] = {}  # the line without its digits -> cluster
         self.aliases: OrderedDict[int, int] = OrderedDict()  # merged id -> id it was merged into
         self.next_id = 1
@@ -245,6 +250,7 @@ class _Metrics(Collector):
             "log_templates_evicted", "Templates evicted because a cap was hit", labels=["reason"]
         )
         ev.add_metric(["service_templates_cap"], m.evicted_template_cap)
+        ev.add_metric(["total_templates_cap"], m.evicted_total_cap)
         ev.add_metric(["bucket_cap"], m.evicted_bucket_cap)
         ev.add_metric(["service_evicted"], m.evicted_with_service)
         yield ev
@@ -288,10 +294,12 @@ class TemplateMiner:
         self._services: dict[str, _Service] = {}
         self._lock = threading.Lock()
         self._cache_entries = 0
+        self._total = 0  # templates held, all services
         self.lines = 0
         self.created = 0
         self.merged = 0
         self.evicted_template_cap = 0
+        self.evicted_total_cap = 0
         self.evicted_bucket_cap = 0
         self.evicted_with_service = 0
         self.services_evicted = 0
@@ -442,7 +450,7 @@ class TemplateMiner:
                     cl.last = idx - len(kept)  # keeps the saved recency order
                     svc.clusters[cid] = cl
                     svc.buckets.setdefault(cl.key, []).append(cl)
-                    svc.by_len.setdefault(len(tokens), []).append(cl)
+                    self._index_tail(svc, cl)
                     loaded += 1
                 for a, b in list(data.get("aliases", []))[-cfg.max_templates_per_service :]:
                     svc.aliases[int(a)] = int(b)
@@ -454,6 +462,7 @@ class TemplateMiner:
         with self._lock:
             self._services = services
             self._cache_entries = 0
+            self._total = loaded
         return loaded
 
     # ------------------------------------------------------------------ internals
@@ -475,6 +484,7 @@ class TemplateMiner:
             old = self._services.pop(oldest)
             self.services_evicted += 1
             self.evicted_with_service += len(old.clusters)
+            self._total -= len(old.clusters)
             self._cache_entries -= len(old.cache)
             for cl in old.clusters.values():
                 cl.alive = False
@@ -539,7 +549,7 @@ class TemplateMiner:
                     for a, b in zip(best.tokens, tokens, strict=True)
                 ]
                 if new_tokens != best.tokens:
-                    best.set_tokens(new_tokens)
+                    self._retokenize(svc, best, new_tokens)
             return best, False
         cl = self._create(svc, tokens, key)
         target = self._merge_siblings(svc, cl)
@@ -551,8 +561,12 @@ class TemplateMiner:
         """If `merge_siblings` templates (cl included) differ from each other in exactly one and the
         same position, that position is a variable: merge them into the oldest one."""
         need = self.config.merge_siblings - 1
-        same_len = svc.by_len.get(len(cl.tokens))
-        if not same_len or len(same_len) < need + 1:
+        # candidates: same first word (same bucket: they may differ later on) or same everything but
+        # the first word (the tail index)
+        limit = self.config.max_bucket_templates
+        same_first = svc.buckets.get(cl.key) or []
+        same_tail = svc.tails.get(cl.tail) or [] if cl.tail is not None else []
+        if len(same_first) + len(same_tail) < need + 2:  # cl is in both lists
             return None
         groups: dict[int, list[_Cluster]] = {}
         tokens = cl.tokens
@@ -563,9 +577,11 @@ class TemplateMiner:
         constants = [n_const - (WILDCARD not in t) for t in tokens]
         ne = operator.ne
         skel = cl.skel
-        for other in same_len[-self.config.max_bucket_templates :]:
-            if other is cl or sum(map(ne, other.skel, skel)) != 1:
+        seen: set[int] = set()
+        for other in chain(same_first[-limit:], same_tail[-limit:]):
+            if other is cl or other.id in seen or sum(map(ne, other.skel, skel)) != 1:
                 continue
+            seen.add(other.id)
             pos = next(i for i, (a, b) in enumerate(zip(other.skel, skel, strict=True)) if a != b)
             if constants[pos] >= self._min_constants:
                 group = groups.setdefault(pos, [])
@@ -592,7 +608,7 @@ class TemplateMiner:
             target.last = max(target.last, m.last)
             self._alias(svc, m.id, target.id)
             self.merged += 1
-        target.set_tokens(new_tokens)
+        self._retokenize(svc, target, new_tokens)
         new_key = (len(new_tokens), _first_key(new_tokens))
         if new_key != target.key:  # the first token became a wildcard: move to the wildcard bucket
             self._unbucket(svc, target)
@@ -615,17 +631,24 @@ class TemplateMiner:
             self.evicted_bucket_cap += 1
         if len(svc.clusters) >= cfg.max_templates_per_service:
             # evict the least recently matched templates, a batch at a time (amortised O(log n))
-            batch = max(1, cfg.max_templates_per_service // 20)
-            for victim in heapq.nsmallest(batch, svc.clusters.values(), key=_LAST):
-                self._remove(svc, victim)
-                self.evicted_template_cap += 1
+            self.evicted_template_cap += self._evict_lru(svc, max(1, cfg.max_templates_per_service // 20))
+        if self._total >= cfg.max_templates_total:
+            biggest = max(self._services.values(), key=lambda x: len(x.clusters))
+            self.evicted_total_cap += self._evict_lru(biggest, max(1, len(biggest.clusters) // 20))
         cl = _Cluster(svc.next_id, tokens, key)
         svc.next_id += 1
         svc.clusters[cl.id] = cl
         svc.buckets.setdefault(key, []).append(cl)
-        svc.by_len.setdefault(len(tokens), []).append(cl)
+        self._index_tail(svc, cl)
+        self._total += 1
         self.created += 1
         return cl
+
+    def _evict_lru(self, svc: _Service, batch: int) -> int:
+        victims = heapq.nsmallest(batch, svc.clusters.values(), key=_LAST)
+        for victim in victims:
+            self._remove(svc, victim)
+        return len(victims)
 
     def _unbucket(self, svc: _Service, cl: _Cluster) -> None:
         bucket = svc.buckets.get(cl.key)
@@ -639,16 +662,34 @@ class TemplateMiner:
 
     def _remove(self, svc: _Service, cl: _Cluster) -> None:
         cl.alive = False
-        svc.clusters.pop(cl.id, None)
+        if svc.clusters.pop(cl.id, None) is not None:
+            self._total -= 1
         self._unbucket(svc, cl)
-        same_len = svc.by_len.get(len(cl.tokens))
-        if same_len is not None:
+        self._unindex_tail(svc, cl)
+
+    def _index_tail(self, svc: _Service, cl: _Cluster) -> None:
+        key = (len(cl.tokens), *cl.skel[1:])
+        cl.tail = key
+        svc.tails.setdefault(key, []).append(cl)
+
+    def _unindex_tail(self, svc: _Service, cl: _Cluster) -> None:
+        key = cl.tail
+        if key is None:
+            return
+        cl.tail = None
+        same = svc.tails.get(key)
+        if same is not None:
             try:
-                same_len.remove(cl)
+                same.remove(cl)
             except ValueError:
                 pass
-            if not same_len:
-                del svc.by_len[len(cl.tokens)]
+            if not same:
+                del svc.tails[key]
+
+    def _retokenize(self, svc: _Service, cl: _Cluster, tokens: list[str]) -> None:
+        self._unindex_tail(svc, cl)
+        cl.set_tokens(tokens)
+        self._index_tail(svc, cl)
 
 
 def _live(cl: _Cluster | None) -> _Cluster | None:
