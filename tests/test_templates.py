@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -315,3 +316,20 @@ def test_metrics_exposed() -> None:
         "log_template_aliases_evicted_total",
     ):
         assert metric(reg, name) == 0
+
+
+def test_fast_token_path_equals_full_masking_on_real_lines() -> None:
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "loghub_2k"
+    if not data.is_dir():
+        raise AssertionError(f"Loghub-2k dataset folder missing: {data}")
+    from receiver.eval.parsing import load_all
+
+    fast, full = Masker(), Masker()
+    checked = 0
+    for ds in load_all(data):
+        for line in ds.contents:
+            tokens, params = full.mask_tokens(line)
+            assert fast.tokens(line) == tokens, line
+            assert tokens.count("<*>") <= len(params) or any("<*>" in t for t in line.split()), line
+            checked += 1
+    assert checked == 24000

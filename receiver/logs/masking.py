@@ -157,7 +157,8 @@ class Masker:
         }
         self._cache: dict[str, tuple[str, tuple[str, ...], int]] = {}  # token -> (masked, params, hint)
         self._tcache: dict[str, str] = {}  # token -> masked token (the hot path needs no params)
-        self._hints: set[str] = set()  # cached tokens that are a unit or a month (spans may follow)
+        # cached tokens that are a unit word / a month name (multi-token spans may be around)
+        self._hints: tuple[set[str], set[str]] = (set(), set())
         self._cache_size = cache_size
         self.cache_dropped = 0
 
@@ -169,6 +170,22 @@ class Masker:
     def tokens(self, text: str) -> list[str]:
         """The masked tokens only (same as `mask_tokens(text)[0]`, cheaper: no parameters)."""
         words = text.split()
+        toks = self._lookup(words)
+        hints = self._hints
+        if hints[0] or hints[1]:
+            kind = (not hints[0].isdisjoint(words)) | ((not hints[1].isdisjoint(words)) << 1)
+            if kind:  # a unit or a month word: sizes / durations / dates may span tokens
+                parts = self._spans[kind].split(text)
+                if len(parts) > 1:
+                    spans = parts[1::2]
+                    words = _SENTINEL.join(parts[0::2]).split()
+                    toks = [self._with_dates(w, spans)[0] if _SENTINEL in w else "" for w in words]
+                    rest = self._lookup([w for w in words if _SENTINEL not in w])
+                    it = iter(rest)
+                    toks = [t if t else next(it) for t in toks]
+        return toks
+
+    def _lookup(self, words: list[str]) -> list[str]:
         cache = self._tcache
         toks = [cache.get(w) for w in words]
         if None in toks:
@@ -179,12 +196,11 @@ class Masker:
                     if len(cache) >= self._cache_size:
                         self.cache_dropped += len(cache)
                         cache.clear()
-                        self._hints.clear()
+                        self._hints[0].clear()
+                        self._hints[1].clear()
                     cache[word] = toks[i] = masked
                     if hint:
-                        self._hints.add(word)
-        if self._hints and not self._hints.isdisjoint(words):
-            return self.mask_tokens(text)[0]
+                        self._hints[hint - 1].add(word)
         return toks  # type: ignore[return-value]
 
     def mask_tokens(self, text: str) -> tuple[list[str], list[str]]:
