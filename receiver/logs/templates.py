@@ -518,14 +518,18 @@ class TemplateMiner:
             params = 0
             ok = True
             if same < n:
+                anchored = False  # a non-identical line must share at least one constant word
                 for a, b in zip(cl.tokens, tokens, strict=True):
                     if a == b:
+                        if not anchored and WILDCARD not in a:
+                            anchored = True
                         continue
                     if WILDCARD in a and _glob(a, b):
                         params += 1
                     elif not _value_diff(a, b):
                         ok = False
                         break
+                ok = ok and anchored
             if ok and (same > best_same or params > best_params):
                 best, best_same, best_params = cl, same, params
         return best
@@ -569,14 +573,13 @@ class TemplateMiner:
         if len(same_first) + len(same_tail) < need + 2:  # cl is in both lists
             return None
         groups: dict[int, list[_Cluster]] = {}
-        tokens = cl.tokens
         # a one-word difference only says "variable" when enough constant words surround it
-        n_const = sum(1 for t in tokens if WILDCARD not in t)
+        skel = cl.skel
+        n_const = sum(1 for t in skel if t != WILDCARD)
         if n_const <= self._min_constants:
             return None
-        constants = [n_const - (WILDCARD not in t) for t in tokens]
+        constants = [n_const - (t != WILDCARD) for t in skel]
         ne = operator.ne
-        skel = cl.skel
         seen: set[int] = set()
         for other in chain(same_first[-limit:], same_tail[-limit:]):
             if other is cl or other.id in seen or sum(map(ne, other.skel, skel)) != 1:
