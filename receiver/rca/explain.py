@@ -105,6 +105,12 @@ class Evidence:
     span_id: str = ""
 
     def add(self, service: str, text: str) -> str:
+        for item in self.items:  # the same fact about two candidates is listed once
+            if item.split("] ", 1)[1] == text:
+                eid = item.split("]")[0].lstrip("[")
+                if eid not in self.by_service.setdefault(service, []):
+                    self.by_service[service].append(eid)
+                return eid
         eid = f"E{len(self.items) + 1}"
         self.items.append(f"[{eid}] {text}")
         self.by_service.setdefault(service, []).append(eid)

@@ -153,6 +153,8 @@ def run_demo(fault: str | None = "db_down", service: str | None = None, *, llm: 
             if not res.reports:
                 app.flush_sync()  # close the open windows and analyse what is pending
             _poll(app, seen, res, onset_ns, state, out)
+        if state.get("quiet"):
+            out(f"({state['quiet']} more anomaly findings of the same service and type not shown)")
         if res.reports:
             out(f"time to detect: {res.ttd_event_s:.0f}s of simulated time after the fault"
                 + (f" ({res.ttd_wall_s:.1f}s wall clock)" if res.ttd_wall_s is not None else ""))
@@ -176,7 +178,16 @@ def _poll(app: Any, seen: set[str], res: DemoResult, onset_ns: int, state: dict[
         a = f.attributes
         if f.event_name == EVENT_ANOMALY:
             res.anomalies.append(f)
-            rel = (int(a.get("anomaly.window.end", f.time_ns) or f.time_ns) - onset_ns) / 1e9
+            end = int(a.get("anomaly.window.end", f.time_ns) or f.time_ns)
+            rel = (end - onset_ns) / 1e9
+            # one line per service and anomaly type per minute of event time (session windows can
+            # flag many traces at once)
+            key = (str(a.get(A_SERVICE)), str(a.get(A_TYPE)))
+            last = state.setdefault("printed", {}).get(key)
+            if last is not None and abs(end - last) < 60 * 10**9:
+                state["quiet"] = state.get("quiet", 0) + 1
+                continue
+            state["printed"][key] = end
             conf = float(a.get(A_CONFIDENCE, 0) or 0)
             out(f"ANOMALY  {a.get(A_SERVICE)}: {a.get(A_TYPE)} (confidence {conf:.2f}) "
                 f"window ends {rel:+.0f}s from the fault")
