@@ -376,6 +376,7 @@ class SpanSignals:
                 self._virtual.discard(old)
                 self._span_samples.pop(old, None)
                 self._log_samples.pop(old, None)
+                self._deploys.pop(old, None)
             s = _Series(N_SLOTS)
             self._nodes[name] = s
         else:
