@@ -352,7 +352,9 @@ class SpanSignals:
         prev = self._versions.get(service)
         if prev is None:
             if len(self._versions) >= self.config.max_nodes:
-                self._versions.pop(next(iter(self._versions)))
+                oldest = next(iter(self._versions))
+                del self._versions[oldest]
+                self._deploys.pop(oldest, None)
                 self.m_evicted.labels("version").inc()
             self._versions[service] = version
         elif prev != version:
