@@ -61,6 +61,8 @@ _DEFAULT_PATTERNS: list[tuple[str, str]] = [
     ("block", r"\bblk_-?\d+\b"),
     ("hex", r"\b0[xX][0-9a-fA-F]+\b"),
     ("path", r"(?<![\w.])(?:[A-Za-z]:)?[\w.\-{}$~]*(?:[\\/][\w.\-$~@+%{}*?]+){2,}[\\/]?"),
+    # package/Class component names (Android/Java): com.example.app/.ui.MainActivity
+    ("component", r"(?<![\w.])[A-Za-z_][\w$]*(?:\.[\w$]+)+/\.?[\w$]+(?:\.[\w$]+)*"),
     ("host", rf"\b(?:[A-Za-z0-9\-]+\.)+{_TLD}(?::\d+)?\b"),
     ("dotted", r"\b(?=[\w.\-]*\d)(?:[A-Za-z0-9\-]+\.){2,}[A-Za-z0-9\-]+(?::\d+)?\b"),
     ("time", r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"),
@@ -80,6 +82,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "block": ("digit",),
     "hex": ("digit",),
     "path": ("slash",),
+    "component": ("dot", "slash"),
     "host": ("dot",),
     "dotted": ("digit", "dot"),
     "time": ("digit", "colon"),

@@ -327,8 +327,9 @@ class Redactor:
                 if u in t:
                     bits |= b
             self._trigger_bits[t] = bits
-        self._trigger_re = re.compile("|".join(re.escape(t) for t in sorted(trig, key=len, reverse=True))) \
-            if trig else None
+        self._trigger_re = (
+            re.compile("|".join(re.escape(t) for t in sorted(trig, key=len, reverse=True))) if trig else None
+        )
         self._cache: dict[int, re.Pattern[str] | None] = {}
         self._lock = threading.Lock()
         self._attr_kind = "secret"

@@ -100,8 +100,13 @@ def _any_to_py(v: AnyValue, depth: int) -> Any:
 class LogsStage:
     """OTLP logs in, closed windows out."""
 
-    def __init__(self, config: LogsConfig | None, windows_consumer: WindowsConsumer | None,
-                 registry: CollectorRegistry | None = None, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: LogsConfig | None,
+        windows_consumer: WindowsConsumer | None,
+        registry: CollectorRegistry | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
         self.config = config or LogsConfig()
         self.config.validate()
         registry = registry if registry is not None else CollectorRegistry()
@@ -109,14 +114,20 @@ class LogsStage:
         self.redactor = Redactor(self.config.redact, registry)
         self.miner = TemplateMiner(self.config.templates, registry)
         self.windows = WindowManager(self.config.windows, registry, clock=clock)
-        self.m_records = Counter("logs_stage_records", "Log records processed by the logs stage",
-                                 registry=registry)
-        self.m_windows = Counter("logs_stage_windows", "Closed windows handed to the detector", ["kind"],
-                                 registry=registry)
-        self.m_future = Counter("logs_stage_future_timestamps", "Records whose event time was too far in the "
-                                "future (observed or receive time used instead)", registry=registry)
-        self.m_errors = Counter("logs_stage_record_errors", "Log records that could not be processed",
-                                registry=registry)
+        self.m_records = Counter(
+            "logs_stage_records", "Log records processed by the logs stage", registry=registry
+        )
+        self.m_windows = Counter(
+            "logs_stage_windows", "Closed windows handed to the detector", ["kind"], registry=registry
+        )
+        self.m_future = Counter(
+            "logs_stage_future_timestamps",
+            "Records whose event time was too far in the future (observed or receive time used instead)",
+            registry=registry,
+        )
+        self.m_errors = Counter(
+            "logs_stage_record_errors", "Log records that could not be processed", registry=registry
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._emit_lock = threading.Lock()
@@ -166,12 +177,17 @@ class LogsStage:
                     if t > horizon:  # a clock far ahead would push the watermark past all real data
                         self.m_future.inc()
                         t = r.observed_time_unix_nano if 0 < r.observed_time_unix_nano <= horizon else now
-                    out.append(LogEvent(
-                        service=service, time_ns=int(t), severity_number=int(r.severity_number),
-                        severity_text=r.severity_text, body=body,
-                        trace_id=r.trace_id.hex() if len(r.trace_id) == 16 and any(r.trace_id) else "",
-                        span_id=r.span_id.hex() if len(r.span_id) == 8 and any(r.span_id) else "",
-                    ))
+                    out.append(
+                        LogEvent(
+                            service=service,
+                            time_ns=int(t),
+                            severity_number=int(r.severity_number),
+                            severity_text=r.severity_text,
+                            body=body,
+                            trace_id=r.trace_id.hex() if len(r.trace_id) == 16 and any(r.trace_id) else "",
+                            span_id=r.span_id.hex() if len(r.span_id) == 8 and any(r.span_id) else "",
+                        )
+                    )
         return out
 
     def consume_logs(self, req: ExportLogsServiceRequest) -> None:
@@ -194,8 +210,17 @@ class LogsStage:
             if m:
                 sev = severity_class(0, m.group(1))
         match = self.miner.match(ev.service, body)
-        return self.windows.add(ev.service, ev.time_ns, sev, body, match.template_id, match.template,
-                                match.is_new, ev.trace_id, ev.span_id)
+        return self.windows.add(
+            ev.service,
+            ev.time_ns,
+            sev,
+            body,
+            match.template_id,
+            match.template,
+            match.is_new,
+            ev.trace_id,
+            ev.span_id,
+        )
 
     def tick(self, now: float | None = None) -> list[Window]:
         """Apply the idle flush now (the start() thread calls this every tick_s)."""

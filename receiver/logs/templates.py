@@ -793,8 +793,8 @@ def _value_diff(a: str, b: str) -> bool:
     if a.isalpha() and b.isalpha():  # fast path: two plain words
         return a.lower() in _VALUE_WORDS and b.lower() in _VALUE_WORDS
     i, j = _shell(a, b)
-    if i > 0 and ("=" in a[:i] or a[i - 1] == ":"):
-        return True
+    if i > 0 and ("=" in a[:i] or a[i - 1] in ":." or a[i - 1] == "|"):
+        return True  # the value of key= / key: / a dotted or |-separated name (com.x.<*>)
     return _value_like(a[i : len(a) - j]) and _value_like(b[i : len(b) - j])
 
 
