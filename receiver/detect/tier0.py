@@ -103,6 +103,7 @@ class DetectConfig(StageConfig):
     max_services: int = 1000
     max_templates_per_service: int = 2000
     max_transitions_per_service: int = 10_000
+    max_hist_templates: int = 256  # templates in the baseline mix (JS divergence); the tail is dropped
     max_entries_total: int = 1_000_000  # all baselines together (templates, histogram, transitions,
     # pairs); beyond it the least recently seen services' baselines are dropped
     max_evidence: int = 5
@@ -117,11 +118,13 @@ class DetectConfig(StageConfig):
                 "detect.inv_min_hold", f"must be in [0.5, 1), got {self.inv_min_hold!r}")
         for key in ("warmup_windows", "warmup_sessions", "min_errors", "shift_min_count", "seq_min_support",
                     "inv_templates", "inv_min_support", "max_pairs_per_service", "max_entries_total",
+                    "max_hist_templates",
                     "max_services", "max_templates_per_service", "max_transitions_per_service",
                     "max_evidence"):
             v = getattr(self, key)
             require(isinstance(v, int) and v >= 0, f"detect.{key}", f"must be an integer >= 0, got {v!r}")
-        for key in ("max_services", "max_templates_per_service", "max_transitions_per_service"):
+        for key in ("max_services", "max_templates_per_service", "max_transitions_per_service",
+                    "max_hist_templates", "max_entries_total"):
             positive(getattr(self, key), f"detect.{key}")
         require(isinstance(self.known_family_factor, (int, float)) and 0 <= self.known_family_factor <= 1,
                 "detect.known_family_factor", f"must be in [0, 1], got {self.known_family_factor!r}")
@@ -616,9 +619,9 @@ class Tier0Detector:
                 b.js.update(js_divergence(cur, b.hist), a)
                 keys = set(b.hist) | set(cur)
                 hist = {k: (1 - a) * b.hist.get(k, 0.0) + a * cur.get(k, 0.0) for k in keys}
-                b.hist = {k: v for k, v in hist.items() if v > 1e-4}
-                if len(b.hist) > cfg.max_templates_per_service:
-                    keep = sorted(b.hist.items(), key=lambda kv: -kv[1])[: cfg.max_templates_per_service]
+                b.hist = {k: v for k, v in hist.items() if v > 1e-3}
+                if len(b.hist) > 2 * cfg.max_hist_templates:  # amortised: trim to the heaviest
+                    keep = sorted(b.hist.items(), key=lambda kv: -kv[1])[: cfg.max_hist_templates]
                     self.m_evicted.labels("histogram").inc(len(b.hist) - len(keep))
                     b.hist = dict(keep)
             else:
