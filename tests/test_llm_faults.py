@@ -202,3 +202,18 @@ def test_complete_json_has_the_same_protections() -> None:
     assert "abcdefghijklmnop1234" not in json.dumps(srv.bodies)
     assert [r["outcome"] for r in an.audit_log] == ["ok", "http_5xx", "breaker_open"]
     assert an.audit_log[0]["redaction_counts"] == {"bearer_token": 1}
+
+
+def test_shutdown_aborts_an_in_flight_call_and_keeps_the_tier0_finding() -> None:
+    with FakeLlmServer([("stall", 120)]) as srv:
+        an, sink = _analyst(srv.url, timeout_s=120.0, max_attempts=1)
+        an.consume_assessments([assessment(incident_window())])
+        while srv.calls == 0:  # the request is in flight at the server
+            import time
+
+            time.sleep(0.01)
+        an.shutdown()
+        assert len(sink.findings) == 1
+    f = sink.findings[0]
+    assert f.attributes[A_DETECTOR] == "tier0"
+    assert f.attributes["llm.outcome"] == "shutdown"

@@ -134,6 +134,8 @@ class LlmAnalyst:
         self._state_lock = threading.Lock()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._inflight: tuple[Any, str, _Base] | None = None
+        self._inflight_lock = threading.Lock()
         self._lifecycle = threading.Lock()
         self._started = False
         self.tier1: Backend | None = None
@@ -197,9 +199,19 @@ class LlmAnalyst:
         (forwarded, not dropped); stops the embedded server. Idempotent, safe without start()."""
         with self._lifecycle:
             self._stop.set()
+            for b in (self.tier1, self.tier2):
+                if b is not None:
+                    b.close()  # an in-flight call fails fast; its window keeps the tier-0 finding
             w, self._worker = self._worker, None
             if w is not None:
-                w.join(timeout=max(5.0, self.config.tier1.timeout_s * 2))
+                w.join(timeout=5.0)
+                with self._inflight_lock:
+                    stuck, self._inflight = self._inflight, None
+                if w.is_alive() and stuck is not None:
+                    # the call is still blocked in the HTTP client: its window keeps the tier-0 finding
+                    # now; the worker (a daemon) drops its late result when the call returns
+                    self._forward_tier0(stuck[0], "shutdown")
+                    self._q.task_done()
             while True:
                 try:
                     a, _reason, _base = self._q.get_nowait()
@@ -208,9 +220,6 @@ class LlmAnalyst:
                 self._forward_tier0(a, "shutdown")
                 self._q.task_done()
             self.metrics.queue_depth.set(0)
-            for b in (self.tier1, self.tier2):
-                if b is not None:
-                    b.close()
             if self._local is not None and self._own_local:
                 self._local.shutdown()
             if isinstance(self._cache, RedisCache):
@@ -304,16 +313,24 @@ class LlmAnalyst:
                 a, reason, base = self._q.get(timeout=0.2)
             except queue.Empty:
                 continue
+            item = (a, reason, base)
+            with self._inflight_lock:
+                self._inflight = item
+            findings: list[Finding] = []
             try:
-                out = self.analyse(a, reason, base)
-                if out.findings:
-                    self._emit(out.findings)
+                findings = self.analyse(a, reason, base).findings
             except Exception:  # noqa: BLE001 - the worker must survive; the tier-0 finding stands
                 log.exception("llm analyst: analysis failed; forwarding the tier-0 finding")
-                self._forward_tier0(a, "internal_error")
-            finally:
-                self._q.task_done()
-                self.metrics.queue_depth.set(self._q.qsize())
+                findings = [self._tier0_with_note(a, "internal_error")] if a.finding is not None else []
+            with self._inflight_lock:
+                abandoned = self._inflight is not item  # shutdown already forwarded its tier-0 finding
+                self._inflight = None
+            if abandoned:
+                continue
+            if findings:
+                self._emit(findings)
+            self._q.task_done()
+            self.metrics.queue_depth.set(self._q.qsize())
 
     def _emit(self, findings: list[Finding]) -> None:
         try:

@@ -116,6 +116,7 @@ class Backend:
         self._client: openai.OpenAI | None = None
         self._client_url: str | None = None
         self._client_lock = threading.Lock()
+        self._closed = False
         self._sem = threading.BoundedSemaphore(cfg.max_concurrency)
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_reset_s,
                                       on_change=self._breaker_changed)
@@ -133,7 +134,7 @@ class Backend:
 
     def _get_client(self) -> openai.OpenAI | None:
         url = self.url()
-        if not url:
+        if not url or self._closed:
             return None
         with self._client_lock:
             if self._client is None or self._client_url != url:
@@ -145,6 +146,8 @@ class Backend:
             return self._client
 
     def close(self) -> None:
+        """Closes the HTTP client (an in-flight call fails fast as a connection error); no new calls."""
+        self._closed = True
         with self._client_lock:
             if self._client is not None:
                 self._client.close()
