@@ -306,3 +306,19 @@ def test_sdk_exporter_through_receiver_queue_and_child() -> None:
     finally:
         queue.shutdown()
         sp.shutdown()
+
+
+def test_graph_only_child_has_no_signals() -> None:
+    sp = SpanProcess(config=SpanProcessConfig(signals=False))
+    sp.start()
+    try:
+        sp.consume_traces(chain_request(0))
+        sp.consume_logs(encode_logs(make_logs("checkout", count=2)))  # nothing to send without signals
+        assert sp.graph.flush() == 0 and len(sp.graph.snapshot()["edges"]) == 3
+        with pytest.raises(AttributeError, match="signals is not built"):
+            sp.signals.nodes()
+        assert sp.registry.get_sample_value("llm_log_analyzer_spanproc_sent_bytes_total",
+                                            {"signal": "logs"}) is None
+        assert "rca_signals_spans_total" not in generate_latest(sp.registry).decode()
+    finally:
+        sp.shutdown()

@@ -41,6 +41,7 @@ not loss). `alive()` is False from the crash until the new child answers, so `/r
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pickle
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 _TRACES, _LOGS, _CALL = b"T", b"L", b"C"
 _OBJECTS = ("graph", "signals", "_ctl")
 _WARN = 13  # SeverityNumber.WARN: the lowest severity SpanSignals.consume_logs counts
+_F_SETPIPE_SZ = 1031  # Linux fcntl: a 1 MiB pipe holds several requests (fewer wake-ups than 64 KiB)
+_PIPE_BYTES = 1 << 20
 
 # states
 STARTING, UP, RESTARTING, STOPPED, FAILED = "starting", "up", "restarting", "stopped", "failed"
@@ -80,6 +83,7 @@ STARTING, UP, RESTARTING, STOPPED, FAILED = "starting", "up", "restarting", "sto
 @dataclass
 class SpanProcessConfig(StageConfig):
     capacity_bytes: int = 16 * 1024 * 1024  # serialized requests sent to the child and not yet processed
+    signals: bool = True  # build SpanSignals in the child (RCA needs them); off: graph only, no logs sent
     restart: bool = True  # restart a crashed child (else: stay down, alive() False, consume_* raises)
     restart_backoff_s: float = 1.0  # first restart delay; doubles while the child keeps crashing (max 30 s)
     stall_timeout_s: float = 120.0  # no ack/answer this long with data outstanding: kill + restart (0: off)
@@ -149,8 +153,9 @@ class _Control:
     def metrics(self) -> list[Metric]:
         return list(self.registry.collect())
 
-    def stats(self) -> dict[str, int]:
-        return {"messages": self.processed, "spans": self.spans, "pid": os.getpid()}
+    def stats(self) -> dict[str, Any]:
+        return {"messages": self.processed, "spans": self.spans, "pid": os.getpid(),
+                "t": time.monotonic(), "cpu_s": time.process_time()}
 
     def set_delay(self, seconds: float) -> None:
         """Test/maintenance hook: sleep this long before each data message."""
@@ -161,20 +166,24 @@ def _child_main(conn_in: Connection, conn_out: Connection) -> None:
     """Entry point of the child process: read messages in order, answer calls, ack processed data."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s spanproc-child %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole group; the parent shuts us down
-    graph_config, signals_config = pickle.loads(conn_in.recv_bytes())
+    graph_config, signals_config = pickle.loads(conn_in.recv_bytes())  # signals_config None: no signals
     from receiver.graph.graph import ServiceGraph
     from receiver.rca.signals import SpanSignals
 
     registry = CollectorRegistry()
     graph = ServiceGraph(graph_config, registry)
-    signals_ = SpanSignals(signals_config, registry)
+    signals_ = SpanSignals(signals_config, registry) if signals_config is not None else None
     ctl = _Control(registry)
     errors = Counter("llm_log_analyzer_spanproc_child_consume_errors",
                      "Exceptions raised by the graph or the signals while consuming a request",
                      ["consumer"], registry=registry)
-    objects = {"graph": graph, "signals": signals_, "_ctl": ctl}
-    graph.start()
-    signals_.start()
+    objects: dict[str, Any] = {"graph": graph, "_ctl": ctl}
+    consumers: list[tuple[str, Any]] = [("graph", graph)]
+    if signals_ is not None:
+        objects["signals"] = signals_
+        consumers.append(("signals", signals_))
+    for _, c in consumers:
+        c.start()
     acked = 0
     processed = 0
     last_err = 0.0
@@ -191,11 +200,13 @@ def _child_main(conn_in: Connection, conn_out: Connection) -> None:
                     acked = processed
                 call_id, obj, method, args, kwargs = pickle.loads(memoryview(msg)[1:])
                 if obj == "_ctl" and method == "shutdown":
-                    graph.shutdown()
-                    signals_.shutdown()
+                    for _, c in consumers:
+                        c.shutdown()
                     conn_out.send(("ok", call_id, {**ctl.stats(), "graph": graph.stats()}))
                     break
                 try:
+                    if obj not in objects:
+                        raise AttributeError(f"{obj} is not built in the span analysis process")
                     result = getattr(objects[obj], method)(*args, **kwargs)
                     reply: tuple = ("ok", call_id, result)
                     data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
@@ -216,7 +227,7 @@ def _child_main(conn_in: Connection, conn_out: Connection) -> None:
                 if tag == _TRACES:
                     req = ExportTraceServiceRequest.FromString(body)
                     ctl.spans += _count_spans(req)
-                    for name, c in (("graph", graph), ("signals", signals_)):
+                    for name, c in consumers:
                         try:
                             c.consume_traces(req)
                         except Exception:  # noqa: BLE001 - one bad request must not kill the child
@@ -224,7 +235,7 @@ def _child_main(conn_in: Connection, conn_out: Connection) -> None:
                             if time.monotonic() - last_err > 10:
                                 last_err = time.monotonic()
                                 log.exception("%s.consume_traces failed", name)
-                elif tag == _LOGS:
+                elif tag == _LOGS and signals_ is not None:
                     signals_.consume_logs(ExportLogsServiceRequest.FromString(body))
             except Exception:  # noqa: BLE001 - undecodable message (should not happen)
                 errors.labels("decode").inc()
@@ -235,8 +246,8 @@ def _child_main(conn_in: Connection, conn_out: Connection) -> None:
                 conn_out.send(("ack", processed))
                 acked = processed
     finally:
-        graph.shutdown()
-        signals_.shutdown()
+        for _, c in consumers:
+            c.shutdown()
 
 
 # ===================================================================================== parent side
@@ -444,6 +455,8 @@ class SpanProcess:
         self._send_data(_TRACES + request.SerializeToString(), n, "traces")
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
+        if not self.config.signals:
+            return
         part = warn_logs_only(request)
         if part is None:
             return
@@ -547,6 +560,10 @@ class SpanProcess:
         data_r, data_w = os.pipe()  # parent -> child: data and calls
         ans_r, ans_w = os.pipe()  # child -> parent: acks and answers
         try:
+            fcntl.fcntl(data_w, _F_SETPIPE_SZ, _PIPE_BYTES)
+        except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default size works too
+            pass
+        try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "receiver.pipeline.spanproc", str(data_r), str(ans_w)],
                 pass_fds=(data_r, ans_w), stdin=subprocess.DEVNULL, close_fds=True)
@@ -565,7 +582,8 @@ class SpanProcess:
         child = _Child(proc, conn_in, conn_out)
         self._child = child
         try:
-            conn_in.send_bytes(pickle.dumps((self.graph_config, self.signals_config),
+            signals = self.signals_config if self.config.signals else None
+            conn_in.send_bytes(pickle.dumps((self.graph_config, signals),
                                             pickle.HIGHEST_PROTOCOL))
         except OSError:
             pass  # it died at once: the supervisor sees EOF
