@@ -1,12 +1,17 @@
 """Variable masking for log template mining.
 
-One compiled alternation finds every variable-looking span in a log message (URLs, UUIDs, IPs with
-ports, host names, paths, hex, block ids, numbers with units, ...). `Masker.mask(text)` returns the
-message with every such span replaced by `<*>` and the spans themselves, in order, as parameters.
+A line is split on whitespace; in each token, variable-looking spans (URLs, UUIDs, IPs with ports,
+MACs, hex, block ids, paths, host names, package/Class names, times, numbers, ids with digits) become
+`<*>`. Dates written with month names, and sizes / durations with their unit ("1190 bytes (1.16 KB)",
+"<1 sec", "Fri Jun 17 07:07:00 2005") span tokens: they are masked on the whole line first, and only
+for lines holding a month or unit word.
 
-Everything runs in C (`re.split` with ONE capturing group), so masking costs a few microseconds per
-line. Patterns are chosen to put `<*>` where Loghub's (corrected) ground truth puts parameters, and are
-not tuned per system.
+Speed: a token's result is cached (most tokens of a stream repeat), and a token only meets the
+patterns that can match its shape (which of digit / dot / slash / colon / dash it contains).
+`Masker.tokens(text)` (masked tokens, no parameters) is the hot path used for matching;
+`Masker.mask_tokens(text)` / `Masker.mask(text)` also return the replaced spans, in order, as
+parameters. Patterns are chosen to put `<*>` where Loghub's (corrected) ground truth puts parameters,
+and are not tuned per system.
 """
 
 from __future__ import annotations
@@ -140,7 +145,6 @@ class Masker:
         "_hints",
         "_cache_size",
         "_extra",
-        "_extra_patterns",
         "_by_features",
         "cache_dropped",
     )
@@ -148,7 +152,6 @@ class Masker:
     def __init__(self, extra_patterns: list[str] | None = None, cache_size: int = 100_000) -> None:
         self._rx = compile_patterns(None, extra_patterns)
         self._extra = bool(extra_patterns)
-        self._extra_patterns = list(extra_patterns or [])
         # per token "shape" (which of digit/dot/slash/colon/dash it has): only the patterns that can
         # match it, compiled on first use (at most 32 variants)
         self._by_features: dict[tuple[bool, ...], re.Pattern[str] | None] = {}

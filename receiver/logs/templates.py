@@ -63,7 +63,7 @@ class TemplatesConfig(StageConfig):
     token_cache_size: int = 100_000  # token -> masked token cache entries
     max_line_chars: int = 4096  # longer messages are truncated before mining
     max_tokens: int = 128  # tokens beyond this are folded into one trailing <*>
-    extra_mask_patterns: list[str] = field(default_factory=list)  # regexes masked first (no groups)
+    extra_mask_patterns: list[str] = field(default_factory=list)  # tried first, per token; (?:..) only
 
     def validate(self) -> None:
         super().validate()
