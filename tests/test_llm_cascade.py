@@ -479,3 +479,22 @@ def test_eval_mode_reports_cascade_beside_tier0_and_naive() -> None:
     assert n["llm_calls"] == 160 and n["tokens"] > 50 * c["tokens"]
     assert res["token_reduction_vs_naive"] > 0.95
     assert c["tp"] >= t0["tp"]  # an always-"anomaly" LLM can only confirm tier 0's true positives
+
+
+def test_window_summary_is_cut_to_the_token_budget() -> None:
+    from receiver.llm.client import estimate_tokens
+    from receiver.llm.prompt import WindowFacts, fit_to_budget
+
+    templates = [(i, 100 - i, f"worker {i} finished job <*> with status <*> after retry {i}", False)
+                 for i in range(40)]
+    f = WindowFacts(service="batch", duration_s=60, count=3000, severity_counts={"info": 3000},
+                    templates=templates,
+                    exemplars=[f"worker {i} finished job 77 with status ok" for i in range(8)],
+                    tier0_flagged=True, tier0_score=0.9, tier0_reasons=["volume 3.1x baseline"])
+    big, big_tokens, _ = fit_to_budget(f, 10_000, estimate_tokens, 12, 4, 240)
+    small, small_tokens, _ = fit_to_budget(f, 250, estimate_tokens, 12, 4, 240)
+    assert small_tokens <= 250 < big_tokens
+    assert "example lines:" in big[-1]["content"] and "example lines:" not in small[-1]["content"]
+    assert small[-1]["content"].count(" | ") < big[-1]["content"].count(" | ") == 12 + 1  # + header
+    assert "more templates" in small[-1]["content"]  # what was cut is still counted
+    assert small[0] == big[0] and len(small) == len(big) == 6  # system + 2 few-shot pairs + window
