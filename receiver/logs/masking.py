@@ -33,17 +33,13 @@ _DATETIME = (
     rf"\b(?:{_DAY},? )?{_MON} +\d{{1,2}},? (?:\d{{4}} )?"
     r"\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d+)?(?: \d{4})?\b"
 )
-# Sizes and durations with their unit ("1190 bytes (1.16 KB)", "<1 sec", "30 seconds") are one value.
-_SIZE = r"(?<![\w.])\d+(?:\.\d+)? ?(?:[KMGT]i?B|bytes|B)\b(?: ?\(\d+(?:\.\d+)? ?[KMGT]i?B\))?"
-_DURATION = (
-    r"(?<![\w.])<?\d+(?:\.\d+)? ?"
-    r"(?:ms|msecs?|milliseconds?|us|µs|ns|sec|secs|seconds?|mins?|minutes?|hours?)\b"
-)
-_SPANS = f"{_DATETIME}|{_SIZE}|{_DURATION}"
-# the span regex only runs on lines with a token (punctuation stripped) that is a unit or a month
-_UNIT_WORDS = frozenset(
-    "B KB MB GB TB KiB MiB GiB TiB bytes byte sec secs second seconds ms msec msecs millisecond "
-    "milliseconds us µs ns min mins minute minutes hour hours".split()
+# Sizes and durations with their unit ("1190 bytes (1.16 KB)", "<1 sec", "30 seconds") are one value:
+# a number token followed by a unit word is merged into one <*> (`_merge_units`). Dates need a month
+# name; the date regex only runs on lines holding one.
+_SIZE_UNITS = frozenset("B KB MB GB TB KiB MiB GiB TiB bytes byte".split())
+_UNIT_WORDS = _SIZE_UNITS | frozenset(
+    "sec secs second seconds ms msec msecs millisecond milliseconds us µs ns min mins minute minutes hour "
+    "hours".split()
 )
 _MONTHS = frozenset(
     "Jan Feb Mar Apr May Jun Jul Aug Sep Sept Oct Nov Dec January February March April June July August "
@@ -117,6 +113,53 @@ def compile_patterns(
 _BY_SHAPE: dict[tuple[bool, ...], re.Pattern[str] | None] = {}  # at most 2**5 entries
 
 
+_NUMBER = re.compile(r"<?\d+(?:\.\d+)?").fullmatch
+_PAREN_NUMBER = re.compile(r"\(\d+(?:\.\d+)?").fullmatch
+_NUMBER_MASKS = frozenset({WILDCARD, "(" + WILDCARD, "[" + WILDCARD, "<" + WILDCARD})
+
+
+def _merge_units(
+    words: list[str], masked: list[str], params: list[tuple[str, ...]] | None
+) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Merge `<number> <unit>` token pairs (and a following `(<number> <size unit>)`) into one `<*>`:
+    `1190 bytes (1.16 KB) sent,` -> `<*> sent,`; `lifetime <1 sec` -> `lifetime <*>`."""
+    out: list[str] = []
+    out_params: list[tuple[str, ...]] = []
+    n = len(words)
+    i = 0
+    while i < n:
+        word = words[i]
+        core = word.rstrip(_PUNCT)
+        if core in _UNIT_WORDS and out and out[-1] in _NUMBER_MASKS:
+            prefix = out[-1][:-3]  # "", "(", "[" stay outside the value; "<" (as in "<1 sec") is in it
+            value = words[i - 1] if prefix == "<" else words[i - 1][len(prefix) :]
+            if _NUMBER(value):
+                trailing = word[len(core) :]
+                param = f"{value} {core}"
+                if (
+                    core in _SIZE_UNITS
+                    and not trailing
+                    and i + 2 < n
+                    and _PAREN_NUMBER(words[i + 1])
+                    and words[i + 2].rstrip(_PUNCT) in _SIZE_UNITS
+                    and words[i + 2][len(words[i + 2].rstrip(_PUNCT)) :].startswith(")")
+                ):
+                    unit2 = words[i + 2].rstrip(_PUNCT)
+                    param += f" {words[i + 1]} {unit2})"
+                    trailing = words[i + 2][len(unit2) + 1 :]
+                    i += 2
+                out[-1] = (prefix if prefix != "<" else "") + WILDCARD + trailing
+                if params is not None:
+                    out_params[-1] = (param,)
+                i += 1
+                continue
+        out.append(masked[i])
+        if params is not None:
+            out_params.append(params[i])
+        i += 1
+    return out, out_params
+
+
 def _compile_for(shape: tuple[bool, ...]) -> re.Pattern[str] | None:
     cached = _BY_SHAPE.get(shape, False)
     if cached is not False:
@@ -139,7 +182,7 @@ class Masker:
 
     __slots__ = (
         "_rx",
-        "_spans",
+        "_dates",
         "_cache",
         "_tcache",
         "_hints",
@@ -155,12 +198,7 @@ class Masker:
         # per token "shape" (which of digit/dot/slash/colon/dash it has): only the patterns that can
         # match it, compiled on first use (at most 32 variants)
         self._by_features: dict[tuple[bool, ...], re.Pattern[str] | None] = {}
-        # multi-token spans, by the kind of hint word seen in the line: 1 unit, 2 month, 3 both
-        self._spans = {
-            1: re.compile(f"((?:{_SIZE}|{_DURATION}))"),
-            2: re.compile(f"((?:{_DATETIME}))"),
-            3: re.compile(f"((?:{_SPANS}))"),
-        }
+        self._dates = re.compile(f"((?:{_DATETIME}))")
         self._cache: dict[str, tuple[str, tuple[str, ...], int]] = {}  # token -> (masked, params, hint)
         self._tcache: dict[str, str] = {}  # token -> masked token (the hot path needs no params)
         # cached tokens that are a unit word / a month name (multi-token spans may be around)
@@ -177,18 +215,17 @@ class Masker:
         """The masked tokens only (same as `mask_tokens(text)[0]`, cheaper: no parameters)."""
         words = text.split()
         toks = self._lookup(words)
-        hints = self._hints
-        if hints[0] or hints[1]:
-            kind = (not hints[0].isdisjoint(words)) | ((not hints[1].isdisjoint(words)) << 1)
-            if kind:  # a unit or a month word: sizes / durations / dates may span tokens
-                parts = self._spans[kind].split(text)
-                if len(parts) > 1:
-                    spans = parts[1::2]
-                    words = _SENTINEL.join(parts[0::2]).split()
-                    toks = [self._with_dates(w, spans)[0] if _SENTINEL in w else "" for w in words]
-                    rest = self._lookup([w for w in words if _SENTINEL not in w])
-                    it = iter(rest)
-                    toks = [t if t else next(it) for t in toks]
+        units, months = self._hints
+        if months and not months.isdisjoint(words):  # dates written with month names span tokens
+            parts = self._dates.split(text)
+            if len(parts) > 1:
+                dates = parts[1::2]
+                words = _SENTINEL.join(parts[0::2]).split()
+                toks = [self._with_dates(w, dates)[0] if _SENTINEL in w else "" for w in words]
+                it = iter(self._lookup([w for w in words if _SENTINEL not in w]))
+                toks = [t if t else next(it) for t in toks]
+        if units and not units.isdisjoint(words):  # "12 bytes", "<1 sec": a value with its unit
+            toks = _merge_units(words, toks, None)[0]
         return toks
 
     def _lookup(self, words: list[str]) -> list[str]:
@@ -210,14 +247,22 @@ class Masker:
         return toks  # type: ignore[return-value]
 
     def mask_tokens(self, text: str) -> tuple[list[str], list[str]]:
-        tokens, params, hinted = self._tokens(text, None)
-        if hinted:  # a month name or a unit word: dates / sizes / durations may span tokens
-            parts = self._spans[hinted].split(text)
+        words, hits = self._hits(text, None)
+        kinds = set(map(_THIRD, hits))
+        if 2 in kinds:  # a month name: dates may span tokens
+            parts = self._dates.split(text)
             if len(parts) > 1:
-                tokens, params, _ = self._tokens(_SENTINEL.join(parts[0::2]), parts[1::2])
-        return tokens, params
+                words, hits = self._hits(_SENTINEL.join(parts[0::2]), parts[1::2])
+        tokens = list(map(_FIRST, hits))
+        per_token = list(map(_SECOND, hits))
+        if 1 in kinds:  # a unit word: "12 bytes", "<1 sec" are one value
+            tokens, merged = _merge_units(words, tokens, per_token)
+            per_token = merged  # type: ignore[assignment]
+        return tokens, list(_chain(per_token))
 
-    def _tokens(self, text: str, spans: list[str] | None) -> tuple[list[str], list[str], int]:
+    def _hits(
+        self, text: str, dates: list[str] | None
+    ) -> tuple[list[str], list[tuple[str, tuple[str, ...], int]]]:
         cache = self._cache
         words = text.split()
         hits = [cache.get(tok) for tok in words]
@@ -226,19 +271,15 @@ class Masker:
                 if hit is not None:
                     continue
                 tok = words[i]
-                if spans is not None and _SENTINEL in tok:
-                    hits[i] = self._with_dates(tok, spans)  # not cached: depends on the line
+                if dates is not None and _SENTINEL in tok:
+                    hits[i] = self._with_dates(tok, dates)  # not cached: depends on the line
                     continue
                 hit = hits[i] = self._mask_token(tok)
                 if len(cache) >= self._cache_size:
                     self.cache_dropped += len(cache)
                     cache.clear()
                 cache[tok] = hit
-        tokens = list(map(_FIRST, hits))
-        params = list(_chain(map(_SECOND, hits)))
-        kinds = set(map(_THIRD, hits))
-        hinted = (1 in kinds) | ((2 in kinds) << 1)
-        return tokens, params, hinted
+        return words, hits  # type: ignore[return-value]
 
     def _mask_token(self, tok: str) -> tuple[str, tuple[str, ...], int]:
         core = tok.strip(_PUNCT)
