@@ -636,9 +636,12 @@ class Tier0Detector:
             if t >= 0:
                 b.sess_df[t] = b.sess_df.get(t, 0) + 1
         if len(b.sess_df) > cfg.max_templates_per_service:
-            keep = sorted(b.sess_df.items(), key=lambda kv: -kv[1])[: cfg.max_templates_per_service]
+            # amortised: keep the most common three quarters, so the sort runs once per cap/4 new templates
+            keep_n = max(1, cfg.max_templates_per_service * 3 // 4)
+            keep = sorted(b.sess_df.items(), key=lambda kv: -kv[1])[:keep_n]
             self.m_evicted.labels("session_templates").inc(len(b.sess_df) - len(keep))
             b.sess_df = dict(keep)
+            b.pairs = {k: v for k, v in b.pairs.items() if k[0] in b.sess_df and k[1] in b.sess_df}
         present = [t for t in c if t >= 0]
         if len(present) > cfg.inv_templates:
             present = sorted(present, key=lambda t: -b.sess_df.get(t, 0))[: cfg.inv_templates]
