@@ -322,3 +322,21 @@ def test_graph_only_child_has_no_signals() -> None:
         assert "rca_signals_spans_total" not in generate_latest(sp.registry).decode()
     finally:
         sp.shutdown()
+
+
+def test_read_now_proxies_answer_behind_a_held_backlog(sp: SpanProcess) -> None:
+    sp.consume_traces(chain_request(0))
+    assert sp.graph.flush() == 0  # ordered: the first request is in the graph now
+    sp.call("_ctl", "set_delay", 120.0)  # the child now holds each data message up to 120 s
+    sp.consume_traces(chain_request(1))
+    # the read channel answers from the current state, without waiting for the held request
+    calls = {(e["source"], e["target"]): e["calls"] for e in sp.graph_now.snapshot()["edges"]}
+    assert calls == {("user", "a"): 1, ("a", "b"): 1, ("b", "c"): 1}
+    assert sp.signals_now.watermark_ns() > 0
+    with pytest.raises(TypeError, match="edge_series"):
+        sp.graph_now.edge_series()
+    sp.call("_ctl", "set_delay", 0.0, _ordered=False)  # release the held request
+    sp.graph_now.flush()  # state-changing methods stay ordered even on the read-now proxy
+    calls = {(e["source"], e["target"]): e["calls"] for e in sp.graph_now.snapshot()["edges"]}
+    assert calls == {("user", "a"): 2, ("a", "b"): 2, ("b", "c"): 2}
+    assert sp.signals_now.nodes() == sp.signals.nodes()

@@ -25,6 +25,11 @@ Proxies: `.graph` and `.signals` forward any public method call to the child's o
 same pipe as the data, so a call sees every request sent before it (`flush()` analyses what was sent).
 Exceptions raised in the child are re-raised in the parent (the same type when it pickles, else
 `SpanProcessError`), with the child's traceback as a note. Calls are thread-safe and may overlap.
+Under sustained load the data pipe holds up to `capacity_bytes` of requests, so an ordered call waits
+for that backlog (~20k spans at the 4 MiB default). `.graph_now` / `.signals_now` are read proxies for
+the API, /metrics and RCA: reads go over a second pipe to a child thread and are answered at once from
+the current state (which includes everything an ordered call that already returned saw); the
+state-changing methods (`ORDERED_METHODS`: flush, expire, ...) stay ordered on them too.
 
 Metrics: the child's registry (graph `traces_service_graph_*`, `servicegraph_*`, `rca_signals_*`) is
 fetched by RPC at scrape time by a collector registered on the parent registry, beside the parent's own
@@ -82,7 +87,7 @@ STARTING, UP, RESTARTING, STOPPED, FAILED = "starting", "up", "restarting", "sto
 
 @dataclass
 class SpanProcessConfig(StageConfig):
-    capacity_bytes: int = 16 * 1024 * 1024  # serialized requests sent to the child and not yet processed
+    capacity_bytes: int = 4 * 1024 * 1024  # serialized requests sent to the child and not yet processed
     signals: bool = True  # build SpanSignals in the child (RCA needs them); off: graph only, no logs sent
     restart: bool = True  # restart a crashed child (else: stay down, alive() False, consume_* raises)
     restart_backoff_s: float = 1.0  # first restart delay; doubles while the child keeps crashing (max 30 s)
@@ -144,6 +149,7 @@ class _Control:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.delay_s = 0.0
+        self.wake = threading.Event()
         self.processed = 0
         self.spans = 0
 
@@ -158,11 +164,49 @@ class _Control:
                 "t": time.monotonic(), "cpu_s": time.process_time()}
 
     def set_delay(self, seconds: float) -> None:
-        """Test/maintenance hook: sleep this long before each data message."""
+        """Test hook: wait this long before each data message (0 ends a wait in progress)."""
         self.delay_s = float(seconds)
+        if self.delay_s:
+            self.wake.clear()
+        else:
+            self.wake.set()
 
 
-def _child_main(conn_in: Connection, conn_out: Connection) -> None:
+def _answer(objects: dict[str, Any], call_id: int, obj: str, method: str, args: tuple,
+            kwargs: dict[str, Any]) -> bytes:
+    """Run one call; the pickled reply (the result, or the exception with its traceback)."""
+    try:
+        if obj not in objects:
+            raise AttributeError(f"{obj} is not built in the span analysis process")
+        result = getattr(objects[obj], method)(*args, **kwargs)
+        return pickle.dumps(("ok", call_id, result), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
+        tb = traceback.format_exc()
+        try:
+            data = pickle.dumps(("err", call_id, exc, tb), pickle.HIGHEST_PROTOCOL)
+            pickle.loads(data)
+            return data
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: send its text
+            return pickle.dumps(("err", call_id, f"{type(exc).__name__}: {exc}", tb), pickle.HIGHEST_PROTOCOL)
+
+
+def _serve_reads(conn_in: Connection, conn_out: Connection, objects: dict[str, Any]) -> None:
+    """Child thread: answer read calls at once, beside the ordered data stream (ServiceGraph and
+    SpanSignals are thread-safe)."""
+    while True:
+        try:
+            msg = conn_in.recv_bytes()
+        except (EOFError, OSError):
+            return
+        call_id, obj, method, args, kwargs = pickle.loads(msg)
+        try:
+            conn_out.send_bytes(_answer(objects, call_id, obj, method, args, kwargs))
+        except OSError:
+            return
+
+
+def _child_main(conn_in: Connection, conn_out: Connection, reads_in: Connection | None = None,
+                reads_out: Connection | None = None) -> None:
     """Entry point of the child process: read messages in order, answer calls, ack processed data."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s spanproc-child %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole group; the parent shuts us down
@@ -184,6 +228,9 @@ def _child_main(conn_in: Connection, conn_out: Connection) -> None:
         consumers.append(("signals", signals_))
     for _, c in consumers:
         c.start()
+    if reads_in is not None and reads_out is not None:
+        threading.Thread(target=_serve_reads, args=(reads_in, reads_out, objects), name="spanproc-reads",
+                         daemon=True).start()
     acked = 0
     processed = 0
     last_err = 0.0
@@ -204,24 +251,10 @@ def _child_main(conn_in: Connection, conn_out: Connection) -> None:
                         c.shutdown()
                     conn_out.send(("ok", call_id, {**ctl.stats(), "graph": graph.stats()}))
                     break
-                try:
-                    if obj not in objects:
-                        raise AttributeError(f"{obj} is not built in the span analysis process")
-                    result = getattr(objects[obj], method)(*args, **kwargs)
-                    reply: tuple = ("ok", call_id, result)
-                    data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
-                except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
-                    tb = traceback.format_exc()
-                    try:
-                        data = pickle.dumps(("err", call_id, exc, tb), pickle.HIGHEST_PROTOCOL)
-                        pickle.loads(data)
-                    except Exception:  # noqa: BLE001 - unpicklable exception: send its text
-                        data = pickle.dumps(("err", call_id, f"{type(exc).__name__}: {exc}", tb),
-                                            pickle.HIGHEST_PROTOCOL)
-                conn_out.send_bytes(data)
+                conn_out.send_bytes(_answer(objects, call_id, obj, method, args, kwargs))
                 continue
             if ctl.delay_s:
-                time.sleep(ctl.delay_s)
+                ctl.wake.wait(ctl.delay_s)
             body = memoryview(msg)[1:]
             try:
                 if tag == _TRACES:
@@ -251,19 +284,28 @@ def _child_main(conn_in: Connection, conn_out: Connection) -> None:
 
 
 # ===================================================================================== parent side
-class _Proxy:
-    """Forwards any public method call to the child's object of the same name."""
+# Methods that change state: always on the ordered channel, behind the data sent before them.
+ORDERED_METHODS = frozenset({"flush", "expire", "start", "shutdown", "consume_traces", "consume_logs"})
 
-    def __init__(self, owner: SpanProcess, name: str) -> None:
+
+class _Proxy:
+    """Forwards any public method call to the child's object of the same name. `ordered`: the call
+    travels behind the data sent before it; else it is answered at once from the current state (state
+    changing methods in ORDERED_METHODS stay ordered)."""
+
+    def __init__(self, owner: SpanProcess, name: str, ordered: bool = True) -> None:
         self._owner = owner
         self._name = name
+        self._ordered = ordered
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
 
+        ordered = self._ordered or method in ORDERED_METHODS
+
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._owner.call(self._name, method, *args, **kwargs)
+            return self._owner.call(self._name, method, *args, _ordered=ordered, **kwargs)
 
         call.__name__ = method
         call.__qualname__ = f"{self._name}.{method}"
@@ -287,7 +329,8 @@ class _ChildMetrics:
         if owner.state != UP:
             return []
         try:
-            return owner.call("_ctl", "metrics", _timeout=min(10.0, owner.config.call_timeout_s))
+            return owner.call("_ctl", "metrics", _timeout=min(10.0, owner.config.call_timeout_s),
+                              _ordered=False)
         except Exception as exc:  # noqa: BLE001 - a scrape must still show the parent's metrics
             log.warning("span process metrics unavailable: %s", exc)
             return []
@@ -296,11 +339,19 @@ class _ChildMetrics:
 class _Child:
     """One incarnation of the child process and its pipes."""
 
-    def __init__(self, process: subprocess.Popen, conn_in: Connection, conn_out: Connection) -> None:
+    def __init__(self, process: subprocess.Popen, conn_in: Connection, conn_out: Connection,
+                 reads_in: Connection, reads_out: Connection) -> None:
         self.process = process
         self.conn_in = conn_in  # parent writes
         self.conn_out = conn_out  # parent reads
+        self.reads_in = reads_in  # read calls (answered at once by a child thread)
+        self.reads_out = reads_out
+        self.reads_lock = threading.Lock()  # one read call at a time on that channel
         self.last_progress = time.monotonic()
+
+    def close(self) -> None:
+        for conn in (self.conn_in, self.conn_out, self.reads_in, self.reads_out):
+            conn.close()
 
     def join(self, timeout: float) -> int | None:
         """Wait for the exit (kill it after `timeout`); the exit code."""
@@ -327,8 +378,13 @@ class SpanProcess:
         self.config.validate()
         self.registry = registry if registry is not None else CollectorRegistry()
         self._paused = False
+        # ordered proxies: every call sees all data sent before it (flush, tests, replays)
         self.graph = _Proxy(self, "graph")
         self.signals = _Proxy(self, "signals")
+        # read-now proxies: reads answered at once, not behind the data backlog (API, metrics, RCA);
+        # they see at least everything an ordered call that already returned saw
+        self.graph_now = _Proxy(self, "graph", ordered=False)
+        self.signals_now = _Proxy(self, "signals", ordered=False)
 
         self._send_lock = threading.Lock()  # one writer on the pipe at a time; message order = seq order
         self._cond = threading.Condition()  # state, in-flight accounting, pending calls
@@ -508,12 +564,15 @@ class SpanProcess:
 
     # ------------------------------------------------------------------ calls
     def call(self, obj: str, method: str, *args: Any, _timeout: float | None = None,
-             _while_stopping: bool = False, **kwargs: Any) -> Any:
-        """Call `obj.method(*args, **kwargs)` in the child after everything sent before; return the result."""
+             _while_stopping: bool = False, _ordered: bool = True, **kwargs: Any) -> Any:
+        """Call `obj.method(*args, **kwargs)` in the child and return the result: after everything sent
+        before (`_ordered`), or at once on the read channel."""
         if obj not in _OBJECTS or method.startswith("_"):
             raise AttributeError(f"{obj}.{method}")
         timeout = self.config.call_timeout_s if _timeout is None else _timeout
         deadline = time.monotonic() + timeout
+        if not _ordered:
+            return self._read_call(obj, method, args, kwargs, timeout, deadline)
         fut: Future = Future()
         with self._send_lock:
             with self._cond:
@@ -542,6 +601,37 @@ class SpanProcess:
             raise SpanProcessError(
                 f"{obj}.{method}: no answer from the span analysis process in {timeout}s") from None
 
+    def _read_call(self, obj: str, method: str, args: tuple, kwargs: dict[str, Any], timeout: float,
+                   deadline: float) -> Any:
+        with self._cond:
+            if self.state != UP or self._stopping:
+                raise SpanProcessError(f"span analysis process is {self.detail}")
+            child = self._child
+            self._next_call += 1
+            call_id = self._next_call
+        assert child is not None
+        data = pickle.dumps((call_id, obj, method, args, kwargs), pickle.HIGHEST_PROTOCOL)
+        with child.reads_lock:
+            try:
+                child.reads_in.send_bytes(data)
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not child.reads_out.poll(left):
+                        raise SpanProcessError(f"{obj}.{method}: no answer from the span analysis process "
+                                               f"in {timeout}s")
+                    msg = child.reads_out.recv()
+                    if msg[1] == call_id:
+                        break  # else: the late answer of a call that timed out
+            except (OSError, EOFError) as exc:
+                raise SpanProcessError(f"{obj}.{method}: the span analysis process went away") from exc
+        if msg[0] == "ok":
+            return msg[2]
+        err, tb = msg[2], msg[3]
+        if not isinstance(err, BaseException):
+            err = SpanProcessError(str(err))
+        err.add_note(f"raised in the span analysis process:\n{tb}")
+        raise err
+
     def _wait_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -559,27 +649,31 @@ class SpanProcess:
         not multiprocessing's spawn, which would re-run the parent's __main__ module in the child."""
         data_r, data_w = os.pipe()  # parent -> child: data and calls
         ans_r, ans_w = os.pipe()  # child -> parent: acks and answers
+        rq_r, rq_w = os.pipe()  # parent -> child: read calls
+        ra_r, ra_w = os.pipe()  # child -> parent: their answers
         try:
             fcntl.fcntl(data_w, _F_SETPIPE_SZ, _PIPE_BYTES)
         except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default size works too
             pass
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "receiver.pipeline.spanproc", str(data_r), str(ans_w)],
-                pass_fds=(data_r, ans_w), stdin=subprocess.DEVNULL, close_fds=True)
+                [sys.executable, "-m", "receiver.pipeline.spanproc", str(data_r), str(ans_w), str(rq_r),
+                 str(ra_w)],
+                pass_fds=(data_r, ans_w, rq_r, ra_w), stdin=subprocess.DEVNULL, close_fds=True)
         except BaseException:
-            for fd in (data_r, data_w, ans_r, ans_w):
+            for fd in (data_r, data_w, ans_r, ans_w, rq_r, rq_w, ra_r, ra_w):
                 os.close(fd)
             raise
-        os.close(data_r)  # the child's ends: closed here so a dead child gives EOF / EPIPE
-        os.close(ans_w)
+        for fd in (data_r, ans_w, rq_r, ra_w):  # the child's ends: closed here so a dead child gives EOF
+            os.close(fd)
         conn_in, conn_out = Connection(data_w, readable=False), Connection(ans_r, writable=False)
         self._generation += 1
         self._paused = False
         self._seq = 0
         self._unacked.clear()
         self._inflight_bytes = 0
-        child = _Child(proc, conn_in, conn_out)
+        child = _Child(proc, conn_in, conn_out, Connection(rq_w, readable=False),
+                       Connection(ra_r, writable=False))
         self._child = child
         try:
             signals = self.signals_config if self.config.signals else None
@@ -598,8 +692,8 @@ class SpanProcess:
             with self._cond:
                 stopping = self._stopping
             code = child.join(5.0 if stopping else 1.0)
-            for conn in (child.conn_in, child.conn_out):
-                conn.close()
+            with child.reads_lock:
+                child.close()
             with self._cond:
                 self._fail_calls(f"span analysis process exited ({reason}, exit code {code})")
                 lost = sum(s for _, _, s in self._unacked)
@@ -729,8 +823,9 @@ class SpanProcess:
 
 def main(argv: list[str] | None = None) -> None:
     """Child entry point: `python -m receiver.pipeline.spanproc DATA_FD ANSWER_FD` (run by SpanProcess)."""
-    args = sys.argv[1:] if argv is None else argv
-    _child_main(Connection(int(args[0]), writable=False), Connection(int(args[1]), readable=False))
+    args = [int(a) for a in (sys.argv[1:] if argv is None else argv)]
+    _child_main(Connection(args[0], writable=False), Connection(args[1], readable=False),
+                Connection(args[2], writable=False), Connection(args[3], readable=False))
 
 
 if __name__ == "__main__":
