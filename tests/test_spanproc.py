@@ -340,3 +340,51 @@ def test_read_now_proxies_answer_behind_a_held_backlog(sp: SpanProcess) -> None:
     calls = {(e["source"], e["target"]): e["calls"] for e in sp.graph_now.snapshot()["edges"]}
     assert calls == {("user", "a"): 2, ("a", "b"): 2, ("b", "c"): 2}
     assert sp.signals_now.nodes() == sp.signals.nodes()
+
+
+def test_rca_through_the_proxies_matches_in_process() -> None:
+    from receiver.model import (
+        A_CONFIDENCE,
+        A_SERVICE,
+        A_WINDOW_END,
+        A_WINDOW_START,
+        EVENT_ANOMALY,
+        EVENT_RCA,
+        R_CANDIDATES,
+        R_PATH,
+        R_ROOT_CAUSE,
+        Finding,
+        FindingsSink,
+    )
+    from receiver.rca.stage import RcaConfig, RcaStage
+    from receiver.sim.faults import Fault
+    from receiver.sim.simulator import Simulator
+
+    warmup, fault = 180.0, 60.0
+    sim = Simulator(seed=21, faults=[Fault("db_down", "postgres", start_s=warmup)])
+    graph, signals = ServiceGraph(GraphConfig(), CollectorRegistry()), SpanSignals()
+    sp = SpanProcess(GraphConfig(), SignalsConfig())
+    sp.start()
+    try:
+        for _, tr, lg in sim.run_virtual(warmup + fault, 10.0):
+            for c in (graph, signals, sp):
+                c.consume_traces(tr)
+            signals.consume_logs(lg)
+            sp.consume_logs(lg)
+        end = sim.start_ns + int((warmup + 20) * 1e9)
+        attrs = {A_SERVICE: "checkout", A_CONFIDENCE: 0.9, A_WINDOW_START: end - 30_000_000_000,
+                 A_WINDOW_END: end}
+        anomaly = Finding(EVENT_ANOMALY, attrs, body="error burst")
+        reports = []
+        for g, s in ((graph, signals), (sp.graph_now, sp.signals_now)):
+            sink = FindingsSink()
+            stage = RcaStage(RcaConfig(check_interval_s=0, trace_triggers=False), g, s, sink)
+            stage.consume_findings([anomaly])
+            stage.flush()
+            reports.append([f.attributes for f in sink.findings if f.event_name == EVENT_RCA])
+        local, remote = reports
+        assert len(local) == 1 and local[0][R_ROOT_CAUSE] == "postgres"
+        assert [(r[R_ROOT_CAUSE], r[R_CANDIDATES], r[R_PATH]) for r in remote] == [
+            (r[R_ROOT_CAUSE], r[R_CANDIDATES], r[R_PATH]) for r in local]
+    finally:
+        sp.shutdown()
