@@ -617,6 +617,9 @@ def _cart_empty(c: _Ctx) -> None:
 def _payment_charge(c: _Ctx) -> None:
     rng = c.sim.rng
     c.work(8.0)
+    if c.sim.noise and rng.random() < 0.01:  # business errors: a steady baseline of failing traces
+        c.log("WARN", f"card declined: insufficient funds (card ****{rng.randint(1000, 9999)})")
+        raise _Failure("card declined", "CardDeclinedException")
     c.db("INSERT", "payments")
     c.work(2.0)
     c.log("INFO", f"charged {rng.randint(5, 500)}.{rng.randint(0, 99):02d} USD "
