@@ -67,6 +67,8 @@ _DEFAULT_PATTERNS: list[tuple[str, str]] = [
     ("host", rf"\b(?:[A-Za-z0-9\-]+\.)+{_TLD}(?::\d+)?\b"),
     ("dotted", r"\b(?=[\w.\-]*\d)(?:[A-Za-z0-9\-]+\.){2,}[A-Za-z0-9\-]+(?::\d+)?\b"),
     ("time", r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"),
+    # a name with a numeric suffix is one id: core.2275, broadcast_9, worker_12
+    ("name_num", r"(?<![\w.\-])[A-Za-z]+[._]\d+(?![\w.])"),
     ("number", r"(?<![\w.\-])-?\d+(?:[.,:]\d+)*(?![\w])"),
     ("word_digit", r"(?<![\w\-])(?:\d[\w\-]*|(?=[\w\-]*\d[\w\-]*\d)[\w\-]+)"),
     ("longhex", r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b"),
@@ -88,6 +90,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "dotted": ("digit", "dot"),
     "time": ("digit", "colon"),
     "number": ("digit",),
+    "name_num": ("digit",),
     "word_digit": ("digit",),
     "longhex": ("digit",),
 }
