@@ -333,3 +333,15 @@ def test_fast_token_path_equals_full_masking_on_real_lines() -> None:
             assert tokens.count("<*>") <= len(params) or any("<*>" in t for t in line.split()), line
             checked += 1
     assert checked == 24000
+
+
+def test_aliases_are_capped_and_counted() -> None:
+    reg = CollectorRegistry()
+    miner = TemplateMiner(TemplatesConfig(max_templates_total=4, max_templates_per_service=50), registry=reg)
+    # each group of 3 sibling lines merges 2 templates away -> 2 aliases per group
+    for g in range(4):
+        for u in ("ann", "bob", "cy"):
+            miner.match("s", f"job{'xyzw'[g]} user {u} finished its work")
+    assert miner.merged == 8
+    assert sum(len(s.aliases) for s in miner._services.values()) <= 4
+    assert metric(reg, "log_template_aliases_evicted_total") == 4

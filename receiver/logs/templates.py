@@ -267,7 +267,7 @@ class _Metrics(Collector):
         )
         yield CounterMetricFamily(
             "log_template_aliases_evicted",
-            "Merged-template aliases dropped (max_templates_per_service aliases per service)",
+            "Merged-template aliases dropped (max_templates_per_service per service / max_templates_total)",
             value=m.aliases_evicted,
         )
         yield GaugeMetricFamily(
@@ -295,6 +295,7 @@ class TemplateMiner:
         self._lock = threading.Lock()
         self._cache_entries = 0
         self._total = 0  # templates held, all services
+        self._alias_total = 0  # aliases held, all services
         self.lines = 0
         self.created = 0
         self.merged = 0
@@ -463,6 +464,7 @@ class TemplateMiner:
             self._services = services
             self._cache_entries = 0
             self._total = loaded
+            self._alias_total = sum(len(x.aliases) for x in services.values())
         return loaded
 
     # ------------------------------------------------------------------ internals
@@ -485,6 +487,7 @@ class TemplateMiner:
             self.services_evicted += 1
             self.evicted_with_service += len(old.clusters)
             self._total -= len(old.clusters)
+            self._alias_total -= len(old.aliases)
             self._cache_entries -= len(old.cache)
             for cl in old.clusters.values():
                 cl.alive = False
@@ -620,10 +623,23 @@ class TemplateMiner:
         return target
 
     def _alias(self, svc: _Service, old: int, new: int) -> None:
+        """Remember that `old` was merged into `new`. Capped per service (max_templates_per_service)
+        and in all (max_templates_total); the oldest aliases go first."""
         svc.aliases[old] = new
-        if len(svc.aliases) > self.config.max_templates_per_service:
+        self._alias_total += 1
+        cfg = self.config
+        if len(svc.aliases) > cfg.max_templates_per_service:
             svc.aliases.popitem(last=False)
+            self._alias_total -= 1
             self.aliases_evicted += 1
+        if self._alias_total > cfg.max_templates_total:
+            victim = (
+                svc if len(svc.aliases) > 1 else max(self._services.values(), key=lambda x: len(x.aliases))
+            )
+            if victim.aliases:
+                victim.aliases.popitem(last=False)
+                self._alias_total -= 1
+                self.aliases_evicted += 1
 
     def _create(self, svc: _Service, tokens: list[str], key: tuple[int, str]) -> _Cluster:
         cfg = self.config
