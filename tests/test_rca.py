@@ -398,3 +398,11 @@ def test_checking_live_or_only_at_flush_gives_the_same_report():
     assert live_before_flush, "the live run reports before the end"
     assert reports(live) == reports(replay)
     assert reports(live)[0][0] == "shipping"
+
+
+def test_delay_on_all_calls_into_a_service():
+    """A delay on the service's own interface (all callers) rather than on one edge."""
+    res = _case("network_delay", "*", "inventory", seed=13)
+    assert res.report is not None
+    a = res.report.attributes
+    assert a[R_ROOT_CAUSE] == "inventory" and a["rca.fault_kind"] == "network_delay"

@@ -33,7 +33,8 @@ class Fault:
     """One injected fault.
 
     `service` is the faulty service (the expected root cause). For `network_delay` and
-    `wrong_value`, `caller` names the other end of the affected edge (caller -> service).
+    `wrong_value`, `caller` names the other end of the affected edge (caller -> service); `"*"`
+    affects every caller (e.g. a delay on the service's own network interface).
     `start_s` is the offset from the simulation start; `duration_s` how long it lasts.
     """
 

@@ -214,7 +214,7 @@ class Simulator:
     # --- fault helpers -------------------------------------------------------------------
     def _active(self, kind: str, service: str, caller: str = "") -> Fault | None:
         for f in self.faults:
-            if f.kind == kind and f.service == service and (not caller or f.caller == caller) \
+            if f.kind == kind and f.service == service and (not caller or f.caller in (caller, "*")) \
                     and f.active(self._now_s):
                 return f
         return None
