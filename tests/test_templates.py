@@ -292,11 +292,20 @@ def test_load_applies_the_current_caps(tmp_path) -> None:
     big = TemplateMiner(TemplatesConfig())
     for w in words:
         big.match("s", f"{w} finished")
+    for w in words[6:8]:  # recency, not creation order, decides what survives a smaller cap
+        big.match("s", f"{w} finished")
     path = tmp_path / "t.json"
     big.save(str(path))
     small = TemplateMiner(TemplatesConfig(max_templates_per_service=4))
     assert small.load(str(path)) == 4
     assert sorted(small.templates("s").values()) == [f"{w} finished" for w in words[6:]]  # most recent kept
+    big.match("s", "alpha finished")
+    big.save(str(path))
+    small = TemplateMiner(TemplatesConfig(max_templates_per_service=4))
+    small.load(str(path))
+    assert sorted(small.templates("s").values()) == [
+        f"{w} finished" for w in ["alpha", "golf", "hotel", "juliet"]
+    ]
 
 
 def test_metrics_exposed() -> None:

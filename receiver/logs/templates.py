@@ -313,6 +313,8 @@ class TemplateMiner:
         """Match one message, learning from it. Returns the (possibly new / generalised) template."""
         if text.__class__ is not str:
             text = "" if text is None else str(text)
+        if service.__class__ is not str:
+            service = str(service)
         if len(text) > self._max_chars:
             text = text[: self._max_chars]
         try:
@@ -399,7 +401,7 @@ class TemplateMiner:
                         # least recently matched first, so the eviction order survives too
                         "templates": [
                             {"id": cl.id, "tokens": cl.tokens, "count": cl.count}
-                            for cl in svc.clusters.values()
+                            for cl in sorted(svc.clusters.values(), key=_LAST)
                         ],
                         "aliases": [[a, b] for a, b in svc.aliases.items()],
                     }
