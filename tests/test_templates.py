@@ -49,6 +49,8 @@ def test_word_siblings_stay_apart_until_enough_then_merge() -> None:
     a = miner.match("s", "Block broadcast_1 stored as bytes in memory")
     b = miner.match("s", "Block broadcast_2 stored as values in memory")
     assert a.template_id != b.template_id  # one differing word: probably another event
+    assert a.is_new and a.variant_of is None
+    assert b.is_new and b.variant_of == a.template_id  # ... but flagged as a one-word variant
     assert miner.match("s", "Block broadcast_3 stored as bytes in memory").template_id == a.template_id
     c = miner.match("s", "Block broadcast_4 stored as frames in memory")  # third value: a variable
     assert c.template_id == a.template_id and not c.is_new

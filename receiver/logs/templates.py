@@ -98,9 +98,10 @@ class TemplatesConfig(StageConfig):
 
 class TemplateMatch(tuple):  # noqa: SLOT001 - a tuple: built in C, cheap per line
     """Result of `TemplateMiner.match`: `template_id` (stable per service), `template` (tokens joined by
-    one space, parameters written `<*>`), `is_new` (this line created the template) and `params` (the
-    variable parts of the line, in order; computed when read, so callers that only need the id /
-    template pay nothing for it)."""
+    one space, parameters written `<*>`), `is_new` (this line created the template), `variant_of`
+    (for a new template that differs from an existing one in a single word, that template's id: a
+    cheap "probably not a novel event" hint; else None) and `params` (the variable parts of the line,
+    in order; computed when read, so callers that only need the id / template pay nothing for it)."""
 
     __slots__ = ()
 
@@ -118,6 +119,10 @@ class TemplateMatch(tuple):  # noqa: SLOT001 - a tuple: built in C, cheap per li
         miner: TemplateMiner | None = None,
     ) -> TemplateMatch:
         return tuple.__new__(cls, (template_id, template, is_new, text, tokens, miner))
+
+    @property
+    def variant_of(self) -> int | None:
+        return self[6] if len(self) > 6 else None
 
     @property
     def params(self) -> list[str]:
@@ -160,6 +165,7 @@ class _Cluster:
         "verify",
         "_skel",
         "tail",
+        "variant_of",
     )
 
     def __init__(self, cid: int, tokens: list[str], key: tuple[int, str], count: int = 0) -> None:
@@ -176,6 +182,7 @@ class _Cluster:
         self.verify = _VERIFY if _has_digit(self.template) else 0
         self._skel: list[str] | None = None
         self.tail: tuple[object, ...] | None = None  # sibling index key: (length, skeleton minus 1st)
+        self.variant_of: int | None = None  # id of a template this one differs from in one word
 
     @property
     def skel(self) -> list[str]:
@@ -344,7 +351,11 @@ class TemplateMiner:
             cl.count += 1
             cl.last = tick
             self._cache_put(svc, key, cl)
-            return _new_match(TemplateMatch, (cl.id, cl.template, is_new, text, cl.tokens, self))
+            if is_new:
+                return _new_match(
+                    TemplateMatch, (cl.id, cl.template, True, text, cl.tokens, self, cl.variant_of)
+                )
+            return _new_match(TemplateMatch, (cl.id, cl.template, False, text, cl.tokens, self))
 
     def extract_params(self, template_tokens: list[str], text: str) -> list[str]:
         """The variable parts of `text` under a template (given as its token list), in order."""
@@ -568,30 +579,32 @@ class TemplateMiner:
 
     def _merge_siblings(self, svc: _Service, cl: _Cluster) -> _Cluster | None:
         """If `merge_siblings` templates (cl included) differ from each other in exactly one and the
-        same position, that position is a variable: merge them into the oldest one."""
+        same position, that position is a variable: merge them into the oldest one. A new template
+        with a one-word sibling remembers it (`variant_of`)."""
         need = self.config.merge_siblings - 1
         # candidates: same first word (same bucket: they may differ later on) or same everything but
         # the first word (the tail index)
         limit = self.config.max_bucket_templates
         same_first = svc.buckets.get(cl.key) or []
         same_tail = svc.tails.get(cl.tail) or [] if cl.tail is not None else []
-        if len(same_first) + len(same_tail) < need + 2:  # cl is in both lists
+        if len(same_first) + len(same_tail) < 3:  # cl is in both lists
             return None
         groups: dict[int, list[_Cluster]] = {}
         # a one-word difference only says "variable" when enough constant words surround it
         skel = cl.skel
         n_const = sum(1 for t in skel if t != WILDCARD)
-        if n_const <= self._min_constants:
-            return None
         constants = [n_const - (t != WILDCARD) for t in skel]
+        min_constants = self._min_constants
         ne = operator.ne
         seen: set[int] = set()
         for other in chain(same_first[-limit:], same_tail[-limit:]):
             if other is cl or other.id in seen or sum(map(ne, other.skel, skel)) != 1:
                 continue
             seen.add(other.id)
+            if cl.variant_of is None:
+                cl.variant_of = other.id
             pos = next(i for i, (a, b) in enumerate(zip(other.skel, skel, strict=True)) if a != b)
-            if constants[pos] >= self._min_constants:
+            if constants[pos] >= min_constants:
                 group = groups.setdefault(pos, [])
                 group.append(other)
                 if len(group) >= need:
