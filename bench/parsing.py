@@ -6,7 +6,7 @@
      drain3 instance per system with that system's settings);
   3. repeated HDFS (the 2k lines replayed `HDFS_REPEAT` times);
   4. memory: 1M lines of high-cardinality content through our miner with default caps (RSS growth
-     at each quarter, templates held, evictions counted), and tracemalloc over the first 200k.
+     at each quarter, templates held, evictions counted), and tracemalloc over 100k more.
 drain3's settings (`rex`, `st`, `depth`) are the Loghub/Drain benchmark ones (logpai/loghub-2.0
 benchmark/old_benchmark/Drain_benchmark.py; Spark's effective regex list there is empty).
 Speed: lines per second of process CPU time (`time.process_time`, so other processes on a shared
@@ -44,7 +44,7 @@ DATA = Path(
 HDFS_REPEAT = int(os.environ.get("BENCH_PARSING_HDFS_REPEAT", "25"))
 REPEATS = int(os.environ.get("BENCH_PARSING_REPEATS", "3"))
 MEMORY_LINES = int(os.environ.get("BENCH_PARSING_MEMORY_LINES", "1000000"))
-TRACED_LINES = int(os.environ.get("BENCH_PARSING_TRACED_LINES", "200000"))
+TRACED_LINES = int(os.environ.get("BENCH_PARSING_TRACED_LINES", "100000"))
 
 # Loghub / Drain benchmark settings (regexes, similarity threshold, depth) per system.
 DRAIN_SETTINGS: dict[str, dict[str, object]] = {

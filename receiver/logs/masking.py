@@ -285,6 +285,8 @@ class Masker:
         return words, hits  # type: ignore[return-value]
 
     def _mask_token(self, tok: str) -> tuple[str, tuple[str, ...], int]:
+        if tok.isalpha() and not self._extra:  # a plain word: nothing to mask
+            return tok, (), 1 if tok in _UNIT_WORDS else 2 if tok in _MONTHS else 0
         core = tok.strip(_PUNCT)
         hint = 1 if core in _UNIT_WORDS else 2 if core in _MONTHS else 0
         if self._extra:
