@@ -253,6 +253,7 @@ class RcaStage:
         if limit <= start:
             return
         base_ns = int(cfg.baseline_s * 1e9)
+        found: list[tuple[int, str]] = []
         for node in self.signals.nodes():
             if node in IGNORED_NODES:
                 continue
@@ -268,8 +269,11 @@ class RcaStage:
                 reason = self._shifted(row, [r for _, r in base])
                 if reason:
                     self._flag(node, b)
-                    self.m_triggers.labels("signals").inc()
-                    self._trigger(node, b, b + bns, 0.0, "")
+                    found.append((b, node))
+        # in time order, whatever the check cadence, so incidents group the same way live and replayed
+        for b, node in sorted(found):
+            self.m_triggers.labels("signals").inc()
+            self._trigger(node, b, b + bns, 0.0, "")
         self._checked_until = max(self._checked_until, limit)
 
     def _flag(self, node: str, b: int) -> None:
