@@ -356,3 +356,48 @@ def test_aliases_are_capped_and_counted() -> None:
     assert miner.merged == 8
     assert sum(len(s.aliases) for s in miner._services.values()) <= 4
     assert metric(reg, "log_template_aliases_evicted_total") == 4
+
+
+def test_concurrent_matching_with_saves(tmp_path) -> None:
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "loghub_2k"
+    if not data.is_dir():
+        raise AssertionError(f"Loghub-2k dataset folder missing: {data}")
+    from receiver.eval.parsing import load_all
+
+    lines = [line for ds in load_all(data) for line in ds.contents[:300]]
+    miner = TemplateMiner(TemplatesConfig(max_templates_per_service=60))  # evictions happen too
+    errors: list[BaseException] = []
+    seen: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def work(k: int) -> None:
+        try:
+            for i, line in enumerate(lines[k::4]):
+                service = f"svc{i % 3}"
+                m = miner.match(service, line)
+                assert m.template and m.template_id >= 1
+                seen.append((service, m.template_id))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def saver() -> None:
+        try:
+            while not stop.is_set():
+                miner.save(str(tmp_path / "t.json"))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    save_thread = threading.Thread(target=saver)
+    save_thread.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    save_thread.join()
+    assert not errors, errors[:3]
+    assert miner.lines == len(lines) == len(seen)
+    assert miner.active_templates() <= 3 * 60
+    fresh = TemplateMiner(TemplatesConfig())
+    fresh.load(str(tmp_path / "t.json"))  # a save taken while matching is a valid state file

@@ -24,6 +24,7 @@ metrics. Templates survive restarts through `save(path)` / `load(path)` (JSON, a
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import operator
 import os
@@ -303,7 +304,7 @@ class TemplateMiner:
         self._cache_entries = 0
         self._total = 0  # templates held, all services
         self._alias_total = 0  # aliases held, all services
-        self.lines = 0
+        self._ticks = itertools.count(1)  # line counter: next() is atomic, so the hot path needs no lock
         self.created = 0
         self.merged = 0
         self.evicted_template_cap = 0
@@ -314,6 +315,11 @@ class TemplateMiner:
         self.cache_evicted = 0
         self.aliases_evicted = 0
         self.registry.register(_Metrics(self))
+
+    @property
+    def lines(self) -> int:
+        """Lines matched so far."""
+        return int(self._ticks.__reduce__()[1][0]) - 1  # CPython 3.11: a count's current value
 
     # ------------------------------------------------------------------ public API
     def match(self, service: str, text: str) -> TemplateMatch:
@@ -328,8 +334,18 @@ class TemplateMiner:
             key = text.encode().translate(None, _DIGITS)
         except UnicodeEncodeError:  # lone surrogates
             key = text.encode("utf-8", "backslashreplace").translate(None, _DIGITS)
+        tick = next(self._ticks)  # atomic under the GIL
+        # Hot path without the lock: dict reads are atomic, and the only writes (recency, counts)
+        # are benign; everything that changes structure below runs under the lock.
+        svc = self._services.get(service)
+        if svc is not None:
+            svc.last = tick
+            cl = svc.cache.get(key)
+            if cl is not None and cl.alive and not cl.verify:
+                cl.count += 1
+                cl.last = tick
+                return _new_match(TemplateMatch, (cl.id, cl.template, False, text, cl.tokens, self))
         with self._lock:
-            self.lines = tick = self.lines + 1
             svc = self._services.get(service)
             if svc is None:
                 svc = self._new_service(service)
