@@ -16,9 +16,14 @@ Per line:
      position, that position is a variable: they are merged into the oldest (ids of the others become
      aliases of it, resolved by `template()`).
 
-Bounded: templates per service (least-recently-matched evicted), services (least-recently-seen
-evicted), line cache, token cache, aliases, templates scanned per bucket. Every eviction is counted in
-metrics. Templates survive restarts through `save(path)` / `load(path)` (JSON, atomic replace).
+Bounded: templates per service and in all (least-recently-matched evicted, in batches), services
+(least-recently-seen evicted), line cache, token cache, aliases, templates scanned per bucket. Every
+eviction is counted in metrics. Templates survive restarts through `save(path)` / `load(path)` (JSON,
+atomic replace; ids, aliases and recency order kept).
+
+Threads: line-cache hits run without the lock (GIL-atomic reads, benign counter writes); everything
+that changes structure runs under one lock. Measured (bench/parsing.py): about 3.5x drain3's lines/s
+on a mixed stream of the 12 Loghub-2k systems, ~1 µs per cached line.
 """
 
 from __future__ import annotations
