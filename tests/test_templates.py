@@ -401,3 +401,18 @@ def test_concurrent_matching_with_saves(tmp_path) -> None:
     assert miner.active_templates() <= 3 * 60
     fresh = TemplateMiner(TemplatesConfig())
     fresh.load(str(tmp_path / "t.json"))  # a save taken while matching is a valid state file
+
+
+def test_variable_length_value_lists_collapse_into_one_param() -> None:
+    miner = TemplateMiner(TemplatesConfig())
+    a = miner.match("hdfs", "BLOCK* ask 10.0.0.1:50010 to delete blk_1 blk_2 blk_3 blk_4 blk_5")
+    b = miner.match("hdfs", "BLOCK* ask 10.0.0.2:50010 to delete blk_7 blk_8 blk_9 blk_10")
+    c = miner.match("hdfs", "BLOCK* ask 10.0.0.3:50010 to delete blk_6")  # short list: 1 token, kept
+    assert a.template_id == b.template_id
+    assert b.template == "BLOCK* ask <*> to delete <*>"
+    assert b.params == ["10.0.0.2:50010", "blk_7 blk_8 blk_9 blk_10"]
+    assert c.template == "BLOCK* ask <*> to delete <*>" and c.params == ["10.0.0.3:50010", "blk_6"]
+    off = TemplateMiner(TemplatesConfig(collapse_runs=0))
+    assert off.match("s", "ids 1 2 3 4 5 done").template == "ids <*> <*> <*> <*> <*> done"
+    with pytest.raises(ConfigError, match="templates.collapse_runs"):
+        TemplatesConfig(collapse_runs=1).validate()

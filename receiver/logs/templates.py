@@ -69,6 +69,7 @@ class TemplatesConfig(StageConfig):
     token_cache_size: int = 100_000  # token -> masked token cache entries
     max_line_chars: int = 4096  # longer messages are truncated before mining
     max_tokens: int = 128  # tokens beyond this are folded into one trailing <*>
+    collapse_runs: int = 4  # this many bare <*> tokens in a row (a variable-length list) become one; 0: off
     extra_mask_patterns: list[str] = field(default_factory=list)  # tried first, per token; (?:..) only
 
     def validate(self) -> None:
@@ -95,6 +96,11 @@ class TemplatesConfig(StageConfig):
             positive(value, f"templates.{key}")
         require(self.merge_siblings >= 2, "templates.merge_siblings", "must be >= 2")
         require(self.max_tokens >= 2, "templates.max_tokens", "must be >= 2")
+        require(
+            isinstance(self.collapse_runs, int) and (self.collapse_runs == 0 or self.collapse_runs >= 2),
+            "templates.collapse_runs",
+            f"must be 0 (off) or >= 2, got {self.collapse_runs!r}",
+        )
         require(isinstance(self.extra_mask_patterns, list), "templates.extra_mask_patterns", "must be a list")
         try:
             Masker(self.extra_mask_patterns)
@@ -304,6 +310,7 @@ class TemplateMiner:
         self._max_chars = self.config.max_line_chars
         self._max_tokens = self.config.max_tokens
         self._min_constants = self.config.merge_min_constants
+        self._run = self.config.collapse_runs
         self._services: dict[str, _Service] = {}
         self._lock = threading.Lock()
         self._cache_entries = 0
@@ -364,6 +371,8 @@ class TemplateMiner:
                     cl.last = tick
                     return _new_match(TemplateMatch, (cl.id, cl.template, False, text, cl.tokens, self))
             tokens = self._masker.tokens(text)
+            if self._run and tokens.count(WILDCARD) >= self._run:
+                tokens = _collapse_runs(tokens, None, self._run)[0]
             if len(tokens) > self._max_tokens:
                 tokens = tokens[: self._max_tokens - 1] + [WILDCARD]
             cl, is_new = self._search_or_create(svc, tokens)
@@ -382,6 +391,8 @@ class TemplateMiner:
         """The variable parts of `text` under a template (given as its token list), in order."""
         with self._lock:  # the masker's token cache is shared
             tokens, rparams = self._masker.mask_tokens(text)
+        if self._run and tokens.count(WILDCARD) >= self._run:
+            tokens, rparams = _collapse_runs(tokens, rparams, self._run)
         if len(tokens) > self._max_tokens:
             tokens = tokens[: self._max_tokens - 1] + [WILDCARD]
         if tokens == template_tokens:
@@ -745,6 +756,42 @@ class TemplateMiner:
         self._unindex_tail(svc, cl)
         cl.set_tokens(tokens)
         self._index_tail(svc, cl)
+
+
+def _collapse_runs(tokens: list[str], params: list[str] | None, run: int) -> tuple[list[str], list[str]]:
+    """`run` or more bare `<*>` tokens in a row are a variable-length list of values: one `<*>`
+    (its parameter: the values joined by spaces). Every `<*>` in a token stands for one parameter."""
+    out: list[str] = []
+    out_params: list[str] = []
+    p = 0  # index into params
+    i = 0
+    n = len(tokens)
+    while i < n:
+        t = tokens[i]
+        if t == WILDCARD:
+            j = i
+            while j < n and tokens[j] == WILDCARD:
+                j += 1
+            if j - i >= run:
+                out.append(WILDCARD)
+                if params is not None:
+                    out_params.append(" ".join(params[p : p + j - i]))
+            else:
+                out.extend(tokens[i:j])
+                if params is not None:
+                    out_params.extend(params[p : p + j - i])
+            p += j - i
+            i = j
+            continue
+        out.append(t)
+        holes = t.count(WILDCARD)
+        if params is not None and holes:
+            out_params.extend(params[p : p + holes])
+        p += holes
+        i += 1
+    if params is not None and p < len(params):
+        out_params.extend(params[p:])
+    return out, out_params
 
 
 def _live(cl: _Cluster | None) -> _Cluster | None:
