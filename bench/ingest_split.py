@@ -12,6 +12,9 @@ Rows (all measured in this run, interleaved, best of the repeats):
   inproc         OtlpReceiver -> BoundedQueue -> ServiceGraph + SpanSignals in the receiver process
                  (how app.py wired it before SpanProcess)
   split          OtlpReceiver -> BoundedQueue -> SpanProcess: ServiceGraph + SpanSignals in a child
+  split-graph-raw  like split-graph, but the child gets the request's wire bytes instead of a
+                 re-serialization (SIMULATED: this bench process wraps the gRPC decode to remember them;
+                 the receiver and queue do not pass them yet) -- what that pass-through would save
 
 Throughput is END TO END: spans processed by the graph and the signals (inproc: counted after both
 consumers returned; split: the child's own count, read by an RPC that is answered only after everything
@@ -49,7 +52,19 @@ async def _serve(mode: str) -> None:
     loop = asyncio.get_running_loop()
     sp: SpanProcess | None = None
     inproc: list[Any] = []
-    with_signals = not mode.endswith("-graph")
+    with_signals = "-graph" not in mode
+    raw_by_id: dict[int, bytes] = {}
+    if mode.endswith("-raw"):  # simulate a receiver that hands the wire bytes down with the request
+        import receiver.otlp.grpc_server as gs
+
+        decode = gs._decode
+
+        def _decode_keep_raw(message_type: Any, data: bytes, what: str) -> Any:
+            msg = decode(message_type, data, what)
+            raw_by_id[id(msg)] = data  # a later message at the same address overwrites it
+            return msg
+
+        gs._decode = _decode_keep_raw
     if mode.startswith("split"):
         sp = SpanProcess(GraphConfig(), SignalsConfig(), config=SpanProcessConfig(signals=with_signals))
         sp.start()
@@ -68,6 +83,17 @@ async def _serve(mode: str) -> None:
                 pass
 
         consumer = _All()
+    if mode.endswith("-raw"):
+        spanproc = consumer
+
+        class _Raw:
+            def consume_traces(self, req: Any) -> None:
+                spanproc.consume_traces(req, raw=raw_by_id.pop(id(req), None))
+
+            def consume_logs(self, req: Any) -> None:
+                spanproc.consume_logs(req)
+
+        consumer = _Raw()
     counter = _Counting(traces=consumer, logs=consumer)
     queue = BoundedQueue(QueueConfig(), [counter], [counter])
     queue.start()
@@ -162,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.serve:
         asyncio.run(_serve(args.serve))
         return
-    all_modes = ("inproc-graph", "split-graph", "inproc", "split")
+    all_modes = ("inproc-graph", "split-graph", "split-graph-raw", "inproc", "split")
     modes = ["baseline"] + [m for m in all_modes if not args.only or m in args.only.split(",")]
     print(f"OTLP/gRPC trace ingest with graph + signals: 512-span requests, 10 services, {args.streams} "
           f"concurrent calls, {args.warmup:.0f}s warm-up + {args.seconds:.0f}s window, "
@@ -181,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         "baseline": "baseline: grpc.aio + ParseFromString only",
         "inproc-graph": "receiver + graph in-process",
         "split-graph": "receiver + SpanProcess (graph in a child)",
+        "split-graph-raw": "... + wire bytes passed through (simulated)",
         "inproc": "receiver + graph + signals in-process",
         "split": "receiver + SpanProcess (graph + signals in a child)",
     }

@@ -388,3 +388,15 @@ def test_rca_through_the_proxies_matches_in_process() -> None:
             (r[R_ROOT_CAUSE], r[R_CANDIDATES], r[R_PATH]) for r in local]
     finally:
         sp.shutdown()
+
+
+def test_raw_wire_bytes_are_sent_as_they_are(sp: SpanProcess) -> None:
+    req = chain_request(0)
+    raw = req.SerializeToString()
+    sp.consume_traces(req, raw=raw)
+    sp.graph.flush()
+    assert {(e["source"], e["target"]) for e in sp.graph.snapshot()["edges"]} == {
+        ("user", "a"), ("a", "b"), ("b", "c")}
+    assert sp.stats()["spans"] == 5
+    assert sp.registry.get_sample_value("llm_log_analyzer_spanproc_sent_bytes_total",
+                                        {"signal": "traces"}) == len(raw) + 1

@@ -504,11 +504,13 @@ class SpanProcess:
         self._paused = False
 
     # ------------------------------------------------------------------ consumers
-    def consume_traces(self, request: ExportTraceServiceRequest) -> None:
+    def consume_traces(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> None:
+        """`raw`: the request's own wire bytes when the caller has them (the receiver, when validation
+        kept every span): re-serializing costs the parent more GIL time than decoding did."""
         n = _count_spans(request)
         if n == 0:
             return
-        self._send_data(_TRACES + request.SerializeToString(), n, "traces")
+        self._send_data(_TRACES + (raw if raw is not None else request.SerializeToString()), n, "traces")
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
         if not self.config.signals:
