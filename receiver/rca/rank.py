@@ -227,10 +227,25 @@ def compute_features(signals: SpanSignals, graph: nx.DiGraph, node: str, onset_n
     return f
 
 
+def poisson_sf(k: int, lam: float) -> float:
+    """P(X >= k) for X ~ Poisson(lam)."""
+    if k <= 0:
+        return 1.0
+    if lam <= 0:
+        return 0.0
+    term = math.exp(-lam)
+    cdf = term
+    for i in range(1, k):
+        term *= lam / i
+        cdf += term
+    return max(0.0, 1.0 - cdf)
+
+
 def _local_score(f: Features, w: RankWeights, has_baseline: bool) -> float:
     parts: dict[str, float] = {}
     deep_delta = max(0.0, f.deep_cur - f.deep_base)
-    if f.deep_count >= 2:
+    # significant only: at least 3 failing traces, unlikely under the baseline rate (Poisson)
+    if f.deep_count >= 3 and poisson_sf(int(f.deep_count), f.deep_base * f.calls_cur) < 0.001:
         parts["deep"] = w.deep * min(1.0, deep_delta) ** 0.5
     if has_baseline and f.self_z > 3.0:
         parts["self_time"] = w.self_time * math.log1p(_rel_rise(f.self_cur_ms, f.self_base_ms, 0.3))

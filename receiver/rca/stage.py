@@ -111,6 +111,7 @@ class _Incident:
     anomaly_lines: dict[str, list[str]] = field(default_factory=dict)
     analysed_ns: int | None = None
     changed: bool = True
+    recent_ns: int | None = None  # onset of the symptoms that arrived after the last analysis
     roots: list[str] = field(default_factory=list)
     reports: int = 0
 
@@ -317,6 +318,12 @@ class RcaStage:
                 self.m_evicted.labels("incident").inc()
         inc.first_ns = min(inc.first_ns, onset_ns)
         inc.last_ns = max(inc.last_ns, t_ns)
+        if inc.analysed_ns is None:
+            inc.detect_ns = min(inc.detect_ns, t_ns)
+        if inc.analysed_ns is not None:
+            # symptoms after an analysis: the next analysis looks at them from their own onset
+            inc.changed = True
+            inc.recent_ns = onset_ns if inc.recent_ns is None else min(inc.recent_ns, onset_ns)
         if service not in inc.services:
             inc.order.append(service)
             inc.changed = True
@@ -347,10 +354,14 @@ class RcaStage:
         cfg = self.config
         inc.analysed_ns = target
         inc.changed = False
+        # the first analysis ranks from the incident's onset; later ones from the onset of the new
+        # symptoms, so a long incident does not dilute a new fault with its older quiet minutes
+        onset = inc.first_ns if inc.recent_ns is None else max(inc.first_ns, inc.recent_ns)
+        inc.recent_ns = None
         g = self.call_graph()
-        until = min(target, inc.first_ns + int(cfg.max_window_s * 1e9))
+        until = min(target, onset + int(cfg.max_window_s * 1e9))
         scores = dict(inc.services)
-        result = rank(self.signals, g, inc.order, inc.first_ns, until, anomaly_scores=scores,
+        result = rank(self.signals, g, inc.order, onset, until, anomaly_scores=scores,
                       baseline_s=cfg.baseline_s, weights=self.weights, max_candidates=cfg.max_candidates)
         if not result.ranked or result.features[result.root].local < cfg.min_score:
             self.m_suppressed.labels("weak" if result.ranked else "no_candidates").inc()
@@ -367,7 +378,7 @@ class RcaStage:
             # the same root cause was reported by an incident that is still open
             self.m_suppressed.labels("dedup").inc()
             return None
-        return self._report(inc, result, g, inc.first_ns, until)
+        return self._report(inc, result, g, onset, until)
 
     def _similar(self, result: RankResult) -> tuple[list[str], list[str]]:
         if self.incidents is None or not hasattr(self.incidents, "similar"):
