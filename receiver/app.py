@@ -28,6 +28,7 @@ from receiver.logs.stage import LogsStage
 from receiver.model import Finding, FindingsFanout
 from receiver.otlp.receiver import OtlpReceiver
 from receiver.pipeline.queue import BoundedQueue
+from receiver.pipeline.spanproc import SpanProcess
 from receiver.rca.incident_api import IncidentApi
 from receiver.rca.incidents import IncidentTracker, graph_connected
 from receiver.rca.memory import IncidentMemory
@@ -105,9 +106,17 @@ class App:
         self.incident_api = IncidentApi(self.incidents)
         self.findings_out = FindingsFanout([self.store, self.incidents, self.exporter, self.broadcaster])
 
-        # spans
-        self.graph = ServiceGraph(config.graph, reg)
-        self.signals = SpanSignals(config.signals, reg)
+        # spans: the graph and the RCA signals, in a child process unless spanproc.enabled is false
+        self.spans: SpanProcess | None = None
+        if config.spanproc.enabled:
+            self.spans = SpanProcess(config.graph, config.signals, reg, config.spanproc)
+            self.graph: Any = self.spans.graph_now  # reads answered at once; updates stay ordered
+            self.signals: Any = self.spans.signals_now
+            span_consumers: list[Any] = [self.spans]
+        else:
+            self.graph = ServiceGraph(config.graph, reg)
+            self.signals = SpanSignals(config.signals, reg)
+            span_consumers = [self.graph, self.signals]
 
         # analysis chain, built back to front
         to_rca = LateBound()
@@ -120,7 +129,7 @@ class App:
         self.detector = Tier0Detector(config.detect, self.assessments, reg)
         self.logs = SerializedLogs(LogsStage(config.logs, self.detector, reg))
 
-        self.queue = BoundedQueue(config.queue, [self.graph, self.signals], [self.logs, self.signals], reg)
+        self.queue = BoundedQueue(config.queue, span_consumers, [self.logs, *span_consumers[-1:]], reg)
         self.otlp = OtlpReceiver(config.otlp, self.queue, self.queue, reg)
         self.grpc_api = AnalyzerServicer(self._list_findings_objects, self.graph.snapshot, self.broadcaster)
         self.otlp.add_grpc_service(lambda server: add_analyzer_service(server, self.grpc_api))
@@ -163,19 +172,22 @@ class App:
     async def start(self) -> None:
         if self._started:
             return
+        loop = asyncio.get_running_loop()
+        if self.analyst is not None and self.config.server.llm == "local":
+            # A missing or corrupt model is an error before anything starts, naming the install command.
+            from receiver.llm.modelfile import ensure_model
+
+            await loop.run_in_executor(None, ensure_model, self.config.llm.local.data_dir or None)
         self._started = True
         self._load_state()
         self.store.start()
         self.incidents.start()  # reloads open incidents and the incident memory
         self.exporter.start()
-        self.graph.start()
-        self.signals.start()
-        loop = asyncio.get_running_loop()
-        if self.analyst is not None and self.config.server.llm == "local":
-            # A missing or corrupt model is an error at start, with the install command in it.
-            from receiver.llm.modelfile import ensure_model
-
-            await loop.run_in_executor(None, ensure_model, self.config.llm.local.data_dir or None)
+        if self.spans is not None:
+            await loop.run_in_executor(None, self.spans.start)
+        else:
+            self.graph.start()
+            self.signals.start()
         self.rca.start()
         self.queue.start()
         await self.otlp.start()
@@ -217,8 +229,11 @@ class App:
         self.rca.shutdown()
         if self.analyst is not None:
             self.analyst.shutdown()
-        self.graph.shutdown()
-        self.signals.shutdown()
+        if self.spans is not None:
+            self.spans.shutdown()
+        else:
+            self.graph.shutdown()
+            self.signals.shutdown()
         self.broadcaster.shutdown()
         self.exporter.shutdown()
         self.incidents.shutdown()
@@ -278,6 +293,10 @@ class App:
     def _ready(self) -> tuple[bool, str]:
         if not self._started:
             return False, "starting"
+        if self.spans is not None:
+            ok, detail = self.spans.ready()
+            if not ok:
+                return False, detail
         if self.analyst is not None and self._llm_state != "ok":
             return False, self._llm_state
         return True, "ok"

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from receiver.errors import ConfigError
+from receiver.llm.modelfile import ModelNotInstalledError
 
 
 def _add_serve_flags(p: argparse.ArgumentParser) -> None:
@@ -78,8 +79,8 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await app.start()
     try:
+        await app.start()
         await stop.wait()
     finally:
         logging.getLogger("receiver").info("shutting down")
@@ -118,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo_main(fault=args.fault, service=args.service, llm=args.llm)
     except ConfigError as e:
         print(f"llm-log-analyzer: configuration error: {e}", file=sys.stderr)
+        return 2
+    except ModelNotInstalledError as e:
+        print(f"llm-log-analyzer: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -22,6 +22,7 @@ from receiver.llm.config import LlmConfig
 from receiver.logs.stage import LogsConfig
 from receiver.otlp.config import OtlpConfig
 from receiver.pipeline.queue import QueueConfig
+from receiver.pipeline.spanproc import SpanProcessConfig
 from receiver.rca.incidents import IncidentConfig
 from receiver.rca.memory import MemoryConfig
 from receiver.rca.signals import SignalsConfig
@@ -54,6 +55,7 @@ class AppConfig(StageConfig):
     server: ServerConfig = field(default_factory=ServerConfig)
     otlp: OtlpConfig = field(default_factory=OtlpConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    spanproc: SpanProcessConfig = field(default_factory=SpanProcessConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)

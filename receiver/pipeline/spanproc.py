@@ -87,6 +87,7 @@ STARTING, UP, RESTARTING, STOPPED, FAILED = "starting", "up", "restarting", "sto
 
 @dataclass
 class SpanProcessConfig(StageConfig):
+    enabled: bool = True  # span analysis in a child process (second core); false: in the receiver process
     capacity_bytes: int = 4 * 1024 * 1024  # serialized requests sent to the child and not yet processed
     signals: bool = True  # build SpanSignals in the child (RCA needs them); off: graph only, no logs sent
     restart: bool = True  # restart a crashed child (else: stay down, alive() False, consume_* raises)
