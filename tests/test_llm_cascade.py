@@ -161,11 +161,18 @@ def test_llm_only_anomaly_needs_corroborating_evidence() -> None:
     with FakeLlmServer([("ok", ANOMALY)]) as srv:
         cfg = openai_config(srv.url)
         cfg.sample_rate = 1.0
-        quiet = assessment(normal_window(T0), 0.1, False)  # info lines only, no new template
+        cfg.route_borderline = True
+        quiet = assessment(normal_window(T0), 0.3, False)  # borderline, but no error line, no new template
         noisy_w = incident_window(T0 + 60 * NS)
-        noisy = assessment(noisy_w, 0.3, False)
+        noisy = assessment(noisy_w, 0.3, False)  # borderline tier-0 signal + error lines
         noisy.finding = None
-        _, sink = _run(cfg, [quiet, noisy])
+        silent = assessment(incident_window(T0 + 120 * NS, scale=7000), 0.0, False)  # errors, no signal
+        silent.finding = None
+        reg = CollectorRegistry()
+        _, sink = _run(cfg, [quiet, noisy, silent], reg)
+    assert _value(reg, "llm_routed_total", {"reason": "borderline"}) == 2
+    assert _value(reg, "llm_routed_total", {"reason": "sample"}) == 1
+    assert _value(reg, "llm_verdicts_total", {"tier": "tier1", "outcome": "llm_only_uncorroborated"}) == 2
     assert len(sink.findings) == 1
     f = sink.findings[0]
     assert f.attributes["anomaly.window.start"] == noisy_w.start_ns

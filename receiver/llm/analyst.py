@@ -1,7 +1,9 @@
 """The LLM analyst: a cost-aware cascade after the tier-0 detector.
 
-    tier 0 (upstream, every window) -> tier 1 (cheap model): flagged windows, every window of a
-    service while its incident is open (bounded), and an adaptive sample of the rest
+    tier 0 (upstream, every window) -> tier 1 (cheap model): flagged windows, optionally borderline
+    windows (`route_borderline`: tier-0 score >= `borderline_score`), every window of a service
+    while its incident is open (bounded), and an adaptive sample of the rest (base rate, scaled down
+    as the queue fills)
     -> tier 2 (precise model): when tier 1 reports high severity or low confidence.
     With one model (tier2_enabled false, or tier2 == tier1) the tiers collapse.
 
@@ -13,8 +15,10 @@ The verdict is not the model's alone (log text can try to steer it):
     stands (detector stays tier 0's), its confidence is lowered, `llm.verdict=normal` and
     `llm.overruled=true` are recorded;
   * tier 0 flagged weakly and the LLM says "normal": the finding is suppressed (counted);
-  * tier 0 silent and the LLM says "anomaly": emitted only with corroborating code evidence (error
-    lines or new templates in the window) and confidence >= `llm_only_min_confidence`.
+  * tier 0 not flagged and the LLM says "anomaly": emitted only when tier 0 saw some signal (score >=
+    `borderline_score`), the window has code-counted evidence (error lines or new templates) and the
+    LLM's confidence >= `llm_only_min_confidence`. Sampled windows without any tier-0 signal are
+    analysed for the record (metrics, audit, cache) but cannot become findings.
 Any LLM failure (fault, breaker open, budget spent, invalid output after one repair) leaves the
 tier-0 finding standing, with `llm.outcome` saying why.
 """
@@ -265,7 +269,7 @@ class LlmAnalyst:
             self._emit(direct)
 
     def route(self, a: _AssessmentLike) -> tuple[str | None, tuple[float | None, float | None]]:
-        """Decide whether a window goes to the LLM: 'flagged' | 'incident' | 'sample' | None.
+        """Decide whether a window goes to the LLM: 'flagged' | 'incident' | 'borderline' | 'sample' | None.
         Also updates the service's baseline (unflagged windows only) and returns the baseline as it
         was before this window."""
         w = a.window
@@ -299,6 +303,8 @@ class LlmAnalyst:
                     and int(w.end_ns) - st.last_flag_end_ns <= c.incident_followup_s * NS):
                 st.followups_left -= 1
                 return "incident", base
+            if c.route_borderline and a.score >= c.borderline_score:
+                return "borderline", base
         rate = c.sample_rate * max(0.0, 1.0 - self._q.qsize() / max(1, c.queue_size))
         if self.budget.exhausted():
             rate = 0.0
@@ -498,7 +504,10 @@ class LlmAnalyst:
         t0_conf = float(t0.attributes.get(A_CONFIDENCE, a.score)) if t0 is not None else float(a.score)
         if llm_anomaly:
             if not a.flagged:
-                corroborated = f.error_count > 0 or f.new_template_count > 0
+                # the model alone cannot create a finding: tier 0 must have seen some signal, and
+                # the window must hold error lines or new templates (code-counted)
+                corroborated = (a.score >= c.borderline_score
+                                and (f.error_count > 0 or f.new_template_count > 0))
                 if not corroborated or llm_conf < c.llm_only_min_confidence:
                     self.metrics.verdicts.labels(tier, "llm_only_uncorroborated").inc()
                     out.extra["dropped"] = "uncorroborated"

@@ -102,7 +102,9 @@ class LlmConfig(StageConfig):
     tier2_min_severity: str = "high"  # tier 1 at or above this severity escalates to tier 2
     tier2_below_confidence: float = 0.6  # ... and so does tier 1 below this confidence
     strong_evidence_score: float = 0.8  # tier-0 score from which an LLM "normal" cannot erase a finding
-    llm_only_min_confidence: float = 0.7  # an LLM-only anomaly (tier 0 silent) needs this confidence
+    llm_only_min_confidence: float = 0.7  # an LLM-only anomaly (tier 0 not flagged) needs this confidence
+    borderline_score: float = 0.3  # an LLM-only anomaly needs at least this tier-0 score (some signal)
+    route_borderline: bool = False  # also send every unflagged window with score >= borderline_score
     queue_size: int = 256
     max_services_tracked: int = 10_000
     # prompt
@@ -126,7 +128,8 @@ class LlmConfig(StageConfig):
         require(0.0 <= self.sample_rate <= 1.0, "sample_rate", "must be within [0, 1]")
         require(self.tier2_min_severity in ("critical", "high", "medium", "low"), "tier2_min_severity",
                 "must be critical|high|medium|low")
-        for k in ("tier2_below_confidence", "strong_evidence_score", "llm_only_min_confidence"):
+        for k in ("tier2_below_confidence", "strong_evidence_score", "llm_only_min_confidence",
+                  "borderline_score"):
             require(0.0 <= getattr(self, k) <= 1.0, k, "must be within [0, 1]")
         for k in ("queue_size", "max_services_tracked", "max_templates", "max_line_chars",
                   "cache_max_entries", "cache_ttl_s", "audit_max_records"):

@@ -32,7 +32,8 @@ class LlmMetrics:
         self.budget_usd = Gauge("llm_budget_usd_used", "USD spent today", registry=registry)
         self.skipped = Counter("llm_skipped", "windows that stayed at tier 0, by reason", ["reason"],
                                registry=registry)
-        self.routed = Counter("llm_routed", "windows routed to the LLM, by reason (flagged|incident|sample)",
+        self.routed = Counter("llm_routed",
+                              "windows routed to the LLM, by reason (flagged|incident|borderline|sample)",
                               ["reason"], registry=registry)
         self.verdicts = Counter("llm_verdicts", "analysed windows by tier and outcome", ["tier", "outcome"],
                                 registry=registry)

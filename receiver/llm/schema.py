@@ -20,15 +20,15 @@ ANALYSIS_SCHEMA: dict[str, Any] = {
     "required": ["reasoning", "is_anomaly", "severity", "anomaly_type", "root_cause", "affected_services",
                  "remediation_steps", "confidence", "explanation"],
     "properties": {
-        "reasoning": {"type": "string", "maxLength": 300},
+        "reasoning": {"type": "string", "maxLength": 160},
         "is_anomaly": {"type": "boolean"},
         "severity": {"type": "string", "enum": list(SEVERITY_OUT)},
         "anomaly_type": {"type": "string", "enum": list(ANOMALY_TYPES)},
-        "root_cause": {"type": "string", "maxLength": 200},
-        "affected_services": {"type": "array", "items": {"type": "string", "maxLength": 80}, "maxItems": 6},
-        "remediation_steps": {"type": "array", "items": {"type": "string", "maxLength": 160}, "maxItems": 3},
+        "root_cause": {"type": "string", "maxLength": 120},
+        "affected_services": {"type": "array", "items": {"type": "string", "maxLength": 80}, "maxItems": 4},
+        "remediation_steps": {"type": "array", "items": {"type": "string", "maxLength": 120}, "maxItems": 2},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "explanation": {"type": "string", "maxLength": 300},
+        "explanation": {"type": "string", "maxLength": 200},
     },
 }
 
