@@ -48,7 +48,7 @@ from receiver.rca.explain import (
     llm_schema,
 )
 from receiver.rca.rank import IGNORED_NODES, RankResult, RankWeights, propagation_path, rank
-from receiver.rca.signals import N_CALLS, N_ERRORS, N_LAT, SpanSignals
+from receiver.rca.signals import N_CALLS, N_ERRORS, N_LAT, N_SELF, N_SELF_N, SpanSignals
 
 
 @dataclass
@@ -301,6 +301,15 @@ class RcaStage:
         if cur > mu * cfg.trigger_latency_ratio and cur - mu > cfg.trigger_min_latency_ms \
                 and cur - mu > cfg.trigger_z * math.sqrt(var):
             return f"latency {mu:.1f} -> {cur:.1f} ms"
+        # exclusive time: less noisy than the latency, which carries the callees' variance too
+        selfs = [r[N_SELF] / r[N_SELF_N] / 1e6 for r in base if r[N_SELF_N] > 0]
+        if row[N_SELF_N] > 0 and len(selfs) >= 2:
+            mu = sum(selfs) / len(selfs)
+            sd = math.sqrt(sum((m - mu) ** 2 for m in selfs) / (len(selfs) - 1))
+            cur = row[N_SELF] / row[N_SELF_N] / 1e6
+            if cur > mu * cfg.trigger_latency_ratio and cur - mu > 0.5 * cfg.trigger_min_latency_ms \
+                    and cur - mu > cfg.trigger_z * sd:
+                return f"exclusive time {mu:.1f} -> {cur:.1f} ms"
         return ""
 
     def _trigger(self, service: str, onset_ns: int, t_ns: int, score: float, line: str) -> None:
