@@ -24,10 +24,11 @@ $(LOCAL_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e '.[dev,local]'
 	touch $@
 
-# Real servers the tests start on loopback ports (Debian packages).
+# Real servers the tests start on loopback ports, and a real browser for the web page (Debian packages).
 $(SYS_STAMP): | $(VENV)/bin/python
-	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server postgresql; fi
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || ! command -v chromium >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server postgresql chromium; fi
 	touch $@
 
 setup: $(DEV_STAMP)
