@@ -58,7 +58,13 @@ def test_full_queue_makes_sdk_exporters_retry_and_every_span_arrives_once() -> N
             assert got == sent  # every span exactly once
             assert set(got.values()) == {1}
             # backpressure really happened and was signalled (not a silent drop)
-            assert rr.metric("llm_log_analyzer_queue_refused_items_total", signal="traces") > 0
+            # refused before decoding while full (queue_refused_undecoded_requests), or after it when the
+            # decoded request did not fit (queue_refused_items)
+            assert (
+                rr.metric("llm_log_analyzer_queue_refused_items_total", signal="traces")
+                + rr.metric("llm_log_analyzer_queue_refused_undecoded_requests_total", signal="traces")
+                > 0
+            )
             assert (
                 rr.metric(
                     "otelcol_receiver_requests_total",

@@ -4,6 +4,10 @@ The handlers take the raw request bytes and decode them here (instead of letting
 an undecodable payload gets INVALID_ARGUMENT naming the problem rather than grpcio's generic INTERNAL.
 Message size (after decompression) is enforced by grpcio via `grpc.max_receive_message_length`
 -> RESOURCE_EXHAUSTED. gzip is handled by grpcio.
+
+Before decoding, `Ingest.check_room` refuses the request (UNAVAILABLE + RetryInfo) if the queue is full;
+after it, the bytes go downstream with the request (`raw=`) so a consumer that needs them (the span
+analysis child process) does not re-serialize.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ def _decode(message_type: Any, data: bytes, what: str) -> Any:
 def _traces_handler(ingest: Ingest) -> grpc.RpcMethodHandler:
     async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
+            ingest.check_room(TRACES, len(data))
             req = _decode(trace_service_pb2.ExportTraceServiceRequest, data, "ExportTraceServiceRequest")
-            return ingest.export_traces(req, GRPC, len(data))
+            return ingest.export_traces(req, GRPC, len(data), raw=data)
         except WireError as err:
             if not err.counted:
                 ingest.metrics.request(GRPC, TRACES, outcome_for(err))
@@ -55,8 +60,9 @@ def _traces_handler(ingest: Ingest) -> grpc.RpcMethodHandler:
 def _logs_handler(ingest: Ingest) -> grpc.RpcMethodHandler:
     async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
+            ingest.check_room(LOGS, len(data))
             req = _decode(logs_service_pb2.ExportLogsServiceRequest, data, "ExportLogsServiceRequest")
-            return ingest.export_logs(req, GRPC, len(data))
+            return ingest.export_logs(req, GRPC, len(data), raw=data)
         except WireError as err:
             if not err.counted:
                 ingest.metrics.request(GRPC, LOGS, outcome_for(err))

@@ -3,6 +3,10 @@
 aiohttp's own request decompression is switched off (`auto_decompress=False` on the runner) so the body
 limit is enforced here, on the decompressed size, with a streaming decompressor that never inflates more
 than `limit + 1` bytes (a gzip bomb costs at most the limit in memory).
+
+Order of checks: auth (401), media type (415), body size after decompression (413), then
+`Ingest.check_room` (503 + Retry-After while the queue is full, before any decoding), then decode (400).
+A binary protobuf body goes downstream with the request (`raw=`, the decompressed bytes); JSON has none.
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ class OtlpHttpHandlers:
         signal: str,
         message_type: Any,
         parse_json: Callable[[bytes, Any], Any],
-        export: Callable[[Any, str, int], Any],
+        export: Callable[..., Any],
     ) -> web.StreamResponse:
         ctype = request.content_type  # lower-cased mime type without parameters
         as_json = ctype == JSON
@@ -154,14 +158,16 @@ class OtlpHttpHandlers:
                     f"unsupported Content-Type {ctype!r} (supported: {PROTOBUF}, {JSON})"
                 )
             body = await read_body(request, self._limit)
+            self._ingest.check_room(signal, len(body))
             if as_json:
                 try:
                     req = parse_json(body, message_type())
                 except OtlpJsonError as exc:
                     raise bad_request(str(exc)) from None
+                resp = export(req, HTTP, len(body))
             else:
                 req = _decode_protobuf(message_type(), body)
-            resp = export(req, HTTP, len(body))
+                resp = export(req, HTTP, len(body), raw=body)
         except UnsupportedMediaType as exc:
             self._ingest.metrics.request(HTTP, signal, "unsupported_media_type")
             return web.Response(status=415, text=f"415 {exc}", content_type="text/plain")

@@ -1,5 +1,16 @@
 """Transport-independent export logic shared by the gRPC servicers and the OTLP/HTTP handlers:
-validate, hand the accepted records downstream, count, build the (partial-success) response."""
+validate, hand the accepted records downstream, count, build the (partial-success) response.
+
+Two things a BoundedQueue-like consumer may offer, detected once from its signatures:
+  - `check_room(signal, size_bytes)`: called by the transports BEFORE decoding (`Ingest.check_room`), so
+    a request that cannot get into a full queue is refused (UNAVAILABLE + RetryInfo / 503) without paying
+    for the decode. An undecodable payload is then refused as UNAVAILABLE too, not INVALID_ARGUMENT: the
+    client retries and gets INVALID_ARGUMENT once there is room (the OTLP spec asks for UNAVAILABLE when
+    the server cannot take data now and does not order the checks).
+  - `consume_*(req, raw=bytes)`: the request's original (decompressed) wire bytes, passed only when
+    validation kept every record (so they encode exactly `req`); when records were rejected there are no
+    raw bytes and whoever needs bytes re-serializes the filtered request.
+"""
 
 from __future__ import annotations
 
@@ -95,8 +106,8 @@ def outcome_for(err: WireError) -> str:
     }.get(name, "internal")
 
 
-def _takes_sizes(consumer: Any, method: str) -> bool:
-    """BoundedQueue.consume_* accept `items=` and `size_bytes=` so the queue need not measure again."""
+def _takes(consumer: Any, method: str, *names: str) -> bool:
+    """True if `consumer.method` takes keyword arguments with all `names` (inspected once, at init)."""
     fn = getattr(consumer, method, None)
     if fn is None:
         return False
@@ -104,7 +115,18 @@ def _takes_sizes(consumer: Any, method: str) -> bool:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "items" in params and "size_bytes" in params
+    return all(n in params and params[n].kind in (params[n].POSITIONAL_OR_KEYWORD, params[n].KEYWORD_ONLY)
+               for n in names)
+
+
+def _takes_sizes(consumer: Any, method: str) -> bool:
+    """BoundedQueue.consume_* accept `items=` and `size_bytes=` so the queue need not measure again."""
+    return _takes(consumer, method, "items", "size_bytes")
+
+
+def _room_check(consumer: Any) -> Any:
+    fn = getattr(consumer, "check_room", None)
+    return fn if callable(fn) else None
 
 
 class Ingest:
@@ -121,6 +143,9 @@ class Ingest:
         self._retry_after = default_retry_after_s
         self._traces_sizes = _takes_sizes(traces, "consume_traces")
         self._logs_sizes = _takes_sizes(logs, "consume_logs")
+        self._traces_raw = _takes(traces, "consume_traces", "raw")
+        self._logs_raw = _takes(logs, "consume_logs", "raw")
+        self._room = {TRACES: _room_check(traces), LOGS: _room_check(logs)}
         self._last_bug_log = -1e9
 
     def _refused(self, exc: Exception) -> WireError:
@@ -131,11 +156,28 @@ class Ingest:
                 log.error("OTLP receiver: downstream consumer raised %s", type(exc).__name__, exc_info=exc)
         return from_exception(exc, self._retry_after)
 
+    def check_room(self, signal: str, size_bytes: int) -> None:
+        """Before decoding a request of `size_bytes` (decompressed) bytes: raise WireError (UNAVAILABLE,
+        retryable) if the consumer says it is full. An empty payload (an empty request, always a
+        success) is never refused here."""
+        check = self._room[signal]
+        if check is None or size_bytes == 0:
+            return
+        try:
+            check(signal, size_bytes)
+        except Exception as exc:  # noqa: BLE001 - mapped to a wire status in one place
+            raise self._refused(exc) from exc
+
     def export_traces(
-        self, req: ExportTraceServiceRequest, transport: str, wire_bytes: int | None = None
+        self,
+        req: ExportTraceServiceRequest,
+        transport: str,
+        wire_bytes: int | None = None,
+        raw: bytes | None = None,
     ) -> ExportTraceServiceResponse:
-        """`wire_bytes`: the (decompressed) request size if known. Raises WireError when the pipeline
-        refuses the request."""
+        """`wire_bytes`: the (decompressed) request size if known. `raw`: the bytes `req` was decoded from
+        (passed on only if validation keeps every span). Raises WireError when the pipeline refuses the
+        request."""
         assert self.traces is not None
         m = self.metrics
         v = validate_traces(req)
@@ -145,9 +187,15 @@ class Ingest:
             return resp
         if v.accepted:
             try:
+                keep = raw if self._traces_raw and not v.rejected else None
                 if self._traces_sizes:
                     size = wire_bytes if wire_bytes is not None else v.request.ByteSize()  # type: ignore[attr-defined]
-                    self.traces.consume_traces(v.request, items=v.accepted, size_bytes=size)  # type: ignore[call-arg]
+                    if keep is not None:
+                        self.traces.consume_traces(v.request, items=v.accepted, size_bytes=size, raw=keep)  # type: ignore[call-arg]
+                    else:
+                        self.traces.consume_traces(v.request, items=v.accepted, size_bytes=size)  # type: ignore[call-arg]
+                elif keep is not None:
+                    self.traces.consume_traces(v.request, raw=keep)  # type: ignore[call-arg]
                 else:
                     self.traces.consume_traces(v.request)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 - mapped to a wire status in one place
@@ -167,8 +215,13 @@ class Ingest:
         return resp
 
     def export_logs(
-        self, req: ExportLogsServiceRequest, transport: str, wire_bytes: int | None = None
+        self,
+        req: ExportLogsServiceRequest,
+        transport: str,
+        wire_bytes: int | None = None,
+        raw: bytes | None = None,
     ) -> ExportLogsServiceResponse:
+        """As export_traces, for log records."""
         assert self.logs is not None
         m = self.metrics
         v = validate_logs(req)
@@ -178,9 +231,15 @@ class Ingest:
             return resp
         if v.accepted:
             try:
+                keep = raw if self._logs_raw and not v.rejected else None
                 if self._logs_sizes:
                     size = wire_bytes if wire_bytes is not None else v.request.ByteSize()  # type: ignore[attr-defined]
-                    self.logs.consume_logs(v.request, items=v.accepted, size_bytes=size)  # type: ignore[call-arg]
+                    if keep is not None:
+                        self.logs.consume_logs(v.request, items=v.accepted, size_bytes=size, raw=keep)  # type: ignore[call-arg]
+                    else:
+                        self.logs.consume_logs(v.request, items=v.accepted, size_bytes=size)  # type: ignore[call-arg]
+                elif keep is not None:
+                    self.logs.consume_logs(v.request, raw=keep)  # type: ignore[call-arg]
                 else:
                     self.logs.consume_logs(v.request)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001

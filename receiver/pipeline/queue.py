@@ -6,6 +6,17 @@ requests with huge attributes cannot exhaust memory either) and return. Worker t
 request to every downstream consumer. When the queue is full the caller gets `RetryableError` (the
 receiver answers UNAVAILABLE + RetryInfo / 503 + Retry-After) -- data is never dropped silently.
 
+Wire bytes pass-through: the receiver may hand over the request's original serialized bytes with it
+(`consume_traces(req, raw=data)`, only when validation kept every record, so they encode exactly `req`).
+A downstream consumer whose `consume_traces` / `consume_logs` has a `raw` parameter (detected once, when it
+is registered) gets them as `raw=` (None when there are none) and can forward them instead of
+re-serializing; other consumers get the request alone. The bytes count toward `capacity_bytes` once: their
+length is the request's size.
+
+`check_room(signal, size_bytes)` lets the receiver refuse a request while the queue is full BEFORE decoding
+it (a decode costs as much as the rest of the receive path): it raises `RetryableError` when no request of
+that size could be accepted now (queue stopped, item capacity reached, or the bytes would not fit).
+
 A request larger than the whole capacity (items or bytes) is accepted when the queue is empty (otherwise
 it could never be accepted), so a capacity may be exceeded by at most one request.
 
@@ -17,6 +28,7 @@ the request.
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import threading
 import time
@@ -63,6 +75,18 @@ class QueueConfig(StageConfig):
         non_negative(self.shutdown_timeout_s, "queue.shutdown_timeout_s")
 
 
+def accepts_raw(consumer: object, method: str) -> bool:
+    """True if `consumer.method` takes a `raw` keyword argument (the request's wire bytes)."""
+    fn = getattr(consumer, method, None)
+    if fn is None:
+        return False
+    try:
+        p = inspect.signature(fn).parameters.get("raw")
+    except (TypeError, ValueError):
+        return False
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
 def count_spans(req: ExportTraceServiceRequest) -> int:
     return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
 
@@ -83,14 +107,19 @@ class BoundedQueue:
     ) -> None:
         config.validate()
         self.config = config
-        self._traces = list(traces_consumers or [])
-        self._logs = list(logs_consumers or [])
+        # (consumer, takes raw=) pairs: the signature is inspected once, at registration
+        self._traces: list[tuple[TracesConsumer, bool]] = []
+        self._logs: list[tuple[LogsConsumer, bool]] = []
+        for tc in traces_consumers or []:
+            self.add_traces_consumer(tc)
+        for lc in logs_consumers or []:
+            self.add_logs_consumer(lc)
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # workers wait here for requests
         self._done = threading.Condition(self._lock)  # drain() waits here for deliveries
-        # entries: (seq, kind, request, items, size_bytes)
-        self._q: collections.deque[tuple[int, str, Any, int]] = collections.deque()
+        # entries: (seq, kind, request, items, size_bytes, raw wire bytes or None)
+        self._q: collections.deque[tuple[int, str, Any, int, int, bytes | None]] = collections.deque()
         self._items = 0
         self._bytes = 0
         self._next_seq = 0
@@ -130,6 +159,13 @@ class BoundedQueue:
             ["signal"],
             registry=r,
         )
+        self._m_refused_undecoded = Counter(
+            "llm_log_analyzer_queue_refused_undecoded_requests",
+            "Requests refused before they were decoded because the queue was full or stopped (their items "
+            "are unknown, so not in queue_refused_items)",
+            ["signal"],
+            registry=r,
+        )
         self._m_delivered = Counter(
             "llm_log_analyzer_queue_delivered_items",
             "Items handed to downstream consumers",
@@ -148,10 +184,10 @@ class BoundedQueue:
 
     # --- consumers can be added before start (composition root) ------------------------------
     def add_traces_consumer(self, consumer: TracesConsumer) -> None:
-        self._traces.append(consumer)
+        self._traces.append((consumer, accepts_raw(consumer, "consume_traces")))
 
     def add_logs_consumer(self, consumer: LogsConsumer) -> None:
-        self._logs.append(consumer)
+        self._logs.append((consumer, accepts_raw(consumer, "consume_logs")))
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -182,27 +218,51 @@ class BoundedQueue:
 
     # --- the consuming side ------------------------------------------------------------------
     def consume_traces(
-        self, request: ExportTraceServiceRequest, items: int | None = None, size_bytes: int | None = None
+        self,
+        request: ExportTraceServiceRequest,
+        items: int | None = None,
+        size_bytes: int | None = None,
+        raw: bytes | None = None,
     ) -> None:
-        """`items` / `size_bytes` (serialized size) may be passed by a caller that knows them already."""
-        self._put(
-            TRACES,
-            request,
-            count_spans(request) if items is None else items,
-            request.ByteSize() if size_bytes is None else size_bytes,
-        )
+        """`items` / `size_bytes` (serialized size) may be passed by a caller that knows them already.
+        `raw`: the request's own wire bytes (must encode exactly `request`), handed to consumers that take
+        a `raw` argument; its length is the size when `size_bytes` is not given (counted once)."""
+        if size_bytes is None:
+            size_bytes = len(raw) if raw is not None else request.ByteSize()
+        self._put(TRACES, request, count_spans(request) if items is None else items, size_bytes, raw)
 
     def consume_logs(
-        self, request: ExportLogsServiceRequest, items: int | None = None, size_bytes: int | None = None
+        self,
+        request: ExportLogsServiceRequest,
+        items: int | None = None,
+        size_bytes: int | None = None,
+        raw: bytes | None = None,
     ) -> None:
-        self._put(
-            LOGS,
-            request,
-            count_log_records(request) if items is None else items,
-            request.ByteSize() if size_bytes is None else size_bytes,
-        )
+        if size_bytes is None:
+            size_bytes = len(raw) if raw is not None else request.ByteSize()
+        self._put(LOGS, request, count_log_records(request) if items is None else items, size_bytes, raw)
 
-    def _put(self, kind: str, request: Any, items: int, size_bytes: int) -> None:
+    def check_room(self, kind: str, size_bytes: int) -> None:
+        """Raise RetryableError if a (not yet decoded) request of `size_bytes` serialized bytes with at
+        least one item would be refused now. Never refuses what `_put` would accept (a request with
+        items), so calling it first only saves the decode of a request that cannot get in."""
+        with self._lock:
+            cfg = self.config
+            if not self._running:
+                why = "ingest queue is not running"
+            elif self._items >= cfg.capacity_items or (
+                self._items > 0 and self._bytes + size_bytes > cfg.capacity_bytes
+            ):
+                why = (
+                    f"ingest queue full ({self._items} of {cfg.capacity_items} items, "
+                    f"{self._bytes} of {cfg.capacity_bytes} bytes queued)"
+                )
+            else:
+                return
+        self._m_refused_undecoded.labels(kind).inc()
+        raise RetryableError(why, cfg.retry_after_s)
+
+    def _put(self, kind: str, request: Any, items: int, size_bytes: int, raw: bytes | None) -> None:
         if items <= 0:
             return
         with self._cond:
@@ -219,7 +279,7 @@ class BoundedQueue:
                     f"{self._bytes} of {cfg.capacity_bytes} bytes queued)",
                     cfg.retry_after_s,
                 )
-            self._q.append((self._next_seq, kind, request, items, size_bytes))
+            self._q.append((self._next_seq, kind, request, items, size_bytes, raw))
             self._next_seq += 1
             self._items += items
             self._bytes += size_bytes
@@ -262,10 +322,10 @@ class BoundedQueue:
                         self._idle_workers -= 1
                 if not self._q:
                     return
-                seq, kind, request, items, size_bytes = self._q.popleft()
+                seq, kind, request, items, size_bytes, raw = self._q.popleft()
                 self._in_flight.add(seq)
             try:
-                self._deliver(kind, request)
+                self._deliver(kind, request, raw)
             finally:
                 with self._cond:
                     self._in_flight.discard(seq)
@@ -274,19 +334,25 @@ class BoundedQueue:
                     self._done.notify_all()
                 self._c_delivered[kind].inc(items)
 
-    def _deliver(self, kind: str, request: Any) -> None:
+    def _deliver(self, kind: str, request: Any, raw: bytes | None) -> None:
         if kind == TRACES:
-            for c in self._traces:
+            for c, takes_raw in self._traces:
                 try:
-                    c.consume_traces(request)
+                    if takes_raw:
+                        c.consume_traces(request, raw=raw)  # type: ignore[call-arg]
+                    else:
+                        c.consume_traces(request)
                 except Exception as exc:  # noqa: BLE001 - a consumer must never kill the worker
                     self._consumer_failed(kind, c, exc)
         else:
-            for c in self._logs:
+            for lc, takes_raw in self._logs:
                 try:
-                    c.consume_logs(request)
+                    if takes_raw:
+                        lc.consume_logs(request, raw=raw)  # type: ignore[call-arg]
+                    else:
+                        lc.consume_logs(request)
                 except Exception as exc:  # noqa: BLE001
-                    self._consumer_failed(kind, c, exc)
+                    self._consumer_failed(kind, lc, exc)
 
     def _consumer_failed(self, kind: str, consumer: object, exc: Exception) -> None:
         name = type(consumer).__name__
