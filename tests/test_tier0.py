@@ -91,10 +91,18 @@ def check_contract(a: Assessment, type_: str) -> None:
 def test_quiet_on_normal_and_warmup() -> None:
     det, sink = trained()
     assert len(sink.assessments) == 30
-    # during warm-up nothing is reported even for an alarming window
+    # during warm-up nothing is reported, except a service whose very first window is mostly
+    # error lines naming a failure (it introduced itself with failures: nothing to learn first)
     fresh = Tier0Detector(DetectConfig(warmup_windows=5), None, CollectorRegistry())
     a = fresh.assess(win(0, {9: 50}, {9: 50}))
+    check_contract(a, "novel_template")
+    assert "first window of a service never seen before" in a.finding.body  # type: ignore[union-attr]
+    a = fresh.assess(win(1, {9: 50, 11: 5}, {9: 50, 11: 5}))  # second warm-up window: silent
     assert not a.flagged and a.reasons == []
+    # a first window of info chatter with one failure, or of failures that name nothing, waits
+    for svc, counts, errors in (("b", {1: 20, 9: 1}, {9: 1}), ("c", {1: 10, 2: 10}, {1: 10, 2: 10})):
+        a = fresh.assess(win(0, counts, errors, service=svc))
+        assert not a.flagged and a.reasons == []
 
 
 def test_novel_template_weighted_by_severity_and_error_words() -> None:
@@ -369,3 +377,67 @@ def test_rare_error_template_in_sessions() -> None:
     a2 = det.assess(w2)  # seen once in 1500+ sessions: still rare (< 2 %), still reported
     check_contract(a2, "novel_template")
     assert "seen in only 1 of" in a2.finding.body  # type: ignore[union-attr]
+
+
+def test_dumped_fields_are_context_not_events() -> None:
+    from receiver.detect.tier0 import is_field_line
+
+    det = Tier0Detector(DetectConfig(), None, CollectorRegistry())
+    for t in ("icache prefetch depth..........<*>", "program interrupt: imprecise exception......<*>",
+              "machine state register: <*>", "lr:<*> cr:<*> xer:<*> ctr:<*>", "special purpose registers:"):
+        assert is_field_line(t, det.error_words_in(t)), t
+        assert det.failure_words(t) == []
+    for t in ("Connection failed: <*>", "error=<*>", "data TLB error interrupt", "db query took <*> ms",
+              "Exception in thread <*>:"):
+        assert not is_field_line(t, det.error_words_in(t)), t
+    # CamelCase identifiers name failures too
+    assert det.error_words_in("java.lang.NullPointerException: <*>") == ["exception"]
+    assert "error" in det.error_words_in("OutOfMemoryError in <*>")
+    assert det.error_words_in("RequestHandler served <*>") == []
+
+    det, _ = trained()
+    dump = {20 + i: 1 for i in range(12)}
+    names = {20 + i: f"register field {chr(97 + i)}{'.' * 12}<*>" for i in range(12)}
+
+    def fatal_window(i: int, counts: dict[int, int], texts: dict[int, str]) -> Window:
+        w = win(i, counts, counts)
+        w.templates = texts
+        w.template_worst = {t: "fatal" for t in counts}
+        w.severity_counts = {"fatal": sum(counts.values())}
+        return w
+
+    a = det.assess(fatal_window(100, dump, names))  # 12 new FATAL dump rows, nothing reports an event
+    assert not a.flagged
+    assert any("12 of them are dumped fields, 0 report events" in r for r in a.reasons)
+    assert any("a dumped field, not an event" in r for r in a.reasons)
+    # the same count of FATAL lines that report an event is a burst
+    b = det.assess(fatal_window(102, {40: 12}, {40: "data TLB error interrupt"}))
+    check_contract(b, "error_burst")
+
+
+def test_incident_follow_on_window_is_not_reported_again_for_novelty() -> None:
+    det, _ = trained()
+    rng = random.Random(3)
+
+    def with_new(i: int, tid: int, text: str, n: int = 1) -> Window:
+        w = normal(i, rng)
+        w.template_counts[tid] = n
+        w.templates[tid] = text
+        w.template_worst[tid] = "error"
+        w.template_errors[tid] = n
+        w.severity_counts["error"] = w.severity_counts.get("error", 0) + n
+        w.count += n
+        return w
+
+    first = det.assess(with_new(100, 60, "rts panic! - stopping execution"))
+    check_contract(first, "novel_template")
+    # the next window, right after the flagged one: its new failure line is the incident's detail
+    nxt = det.assess(with_new(101, 61, "rts internal error"))
+    assert not nxt.flagged and "follow-on of the incident" in nxt.reasons[0]
+    # ...but a storm that goes on is still flagged in the follow-on window
+    storm = det.assess(with_new(102, 60, "rts panic! - stopping execution", n=12))
+    check_contract(storm, "error_burst")
+    # after a quiet gap the incident is closed: a new failure template is reported again
+    det.assess(normal(103, rng))
+    later = det.assess(with_new(105, 62, "kernel watchdog timeout on <*>"))
+    check_contract(later, "novel_template")

@@ -20,6 +20,17 @@ threshold 0.6 a new INFO template (0.35, or 0.5 with an error word) is never rep
 new info lines are normal life. Session count invariants (Invariants-Mining spirit:
 pairs of frequent templates whose counts are equal, or that always co-occur, in >= 97 % of past
 sessions) report the share of past sessions that obeyed the broken invariant as confidence.
+Dumped state is not an event: a template that only prints fields (`name.........<*>` table rows,
+`lr:<*> cr:<*>` pairs, or, when it names no failure, `register: <*>` and `registers:` headers; see
+`is_field_line`) gets no error-word bonus and a novelty prior capped at `severity_only_cap` (0.5), and
+error bursts are counted in event lines: a burst made of dumped fields is capped at 0.5 as well.
+One incident, one finding: when the previous tumbling window of a service was flagged and this one
+follows it directly, its new templates are the incident's detail (the rest of a dump, follow-on
+errors) and their novelty is capped at `severity_only_cap`; only a continuing burst flags it again.
+A never-seen service's FIRST window is judged despite the warm-up when at least half of its lines are
+error/fatal lines naming a failure (it introduced itself with failures: a crash loop after a deploy);
+any other warm-up window only learns.
+Error words also match as CamelCase suffixes (`NullPointerException`, `OutOfMemoryError`).
 A window is flagged when its best confidence >= `threshold` (0.6). One window yields ONE finding
 (its strongest problem; the others are listed in the finding body and `Assessment.reasons`), never
 one per line.
@@ -27,7 +38,7 @@ one per line.
 Learning: every window updates the baseline after it is scored; the EWMAs skip flagged windows
 (an error storm does not become the new normal), template and transition counts always learn.
 Nothing is reported during a service's warm-up (`warmup_windows` tumbling windows,
-`warmup_sessions` sessions); it still learns.
+`warmup_sessions` sessions) except the first-window rule above; it still learns.
 """
 
 from __future__ import annotations
@@ -99,6 +110,10 @@ class DetectConfig(StageConfig):
     family_tokens: int = 4  # a template's family = its first N constant tokens (0 disables families)
     known_family_factor: float = 0.5  # novelty prior multiplier for a new template of a known family
     error_word_bonus: float = 0.15
+    # field lines (see `is_field_line`: register/state dumps logged at FATAL) and the new templates of
+    # an incident's follow-on window corroborate but never alarm: their novelty prior and a burst
+    # made only of them are capped here, below the threshold
+    severity_only_cap: float = 0.5
     error_words: list[str] = field(default_factory=lambda: list(DEFAULT_ERROR_WORDS))
     max_services: int = 1000
     max_templates_per_service: int = 2000
@@ -133,6 +148,8 @@ class DetectConfig(StageConfig):
         for key in ("surprise_slope", "seq_smoothing"):
             positive(getattr(self, key), f"detect.{key}")
         require(isinstance(self.error_words, list), "detect.error_words", "must be a list of words")
+        require(isinstance(self.severity_only_cap, (int, float)) and 0 <= self.severity_only_cap <= 1,
+                "detect.severity_only_cap", f"must be in [0, 1], got {self.severity_only_cap!r}")
 
 
 @dataclass
@@ -186,6 +203,28 @@ def template_family(template: str, n: int) -> str:
         if len(out) >= n:
             break
     return " ".join(out)
+
+
+_PADDED_FIELD = re.compile(r".*[^.\s]\s?\.{3,}\s*(?:<\*>|\S+)")  # `name.........<*>` (a dump row)
+_LABEL_VALUE = re.compile(r"[A-Za-z][\w ()/,.'+-]{0,60}?\s?[:=]\s*(?:<\*>|<[A-Z_]+>)")  # `name: <*>`
+_PAIRS = re.compile(r"(?:[\w.-]+[:=](?:<\*>|<[A-Z_]+>)\s*){2,}")  # `lr:<*> cr:<*> xer:<*>`
+_HEADER = re.compile(r"[A-Za-z][\w ()/,.'-]{0,60}:")  # `special purpose registers:`
+
+
+def is_field_line(template: str, error_words: Sequence[str] = ()) -> bool:
+    """True for a template that prints dumped state, not an event: a padded table row
+    (`program interrupt: imprecise exception......<*>`: the words name a flag, not a failure),
+    key:value pairs only (`lr:<*> cr:<*>`), or, when it names no failure, one labelled value
+    (`instruction address: <*>`) or a section header (`special purpose registers:`).
+    `Connection failed: <*>` or `error=<*>` name a failure and stay events."""
+    t = template.strip()
+    if not t or len(t) > 200:  # dump rows are short; long lines are statements
+        return False
+    if _PADDED_FIELD.fullmatch(t) or _PAIRS.fullmatch(t):
+        return True
+    if error_words:
+        return False
+    return bool(_LABEL_VALUE.fullmatch(t) or _HEADER.fullmatch(t))
 
 
 def confidence_from_surprise(surprise: float, midpoint: float, slope: float) -> float:
@@ -281,6 +320,7 @@ class _Baseline:
         self.ctx_total: dict[tuple[int, ...], int] = {}
         self.n_trans = 0
         self.silent = False  # a silence was reported and no line has arrived since (not persisted)
+        self.incident_end_ns = 0  # end of the last tumbling window, if it was flagged (not persisted)
         self.size = 0  # entries accounted in the detector's total
         self.sess_df: dict[int, int] = {}  # template -> sessions containing it (count invariants)
         # (x, y), x < y -> [sessions with both, sessions with both and count(x) == count(y)]
@@ -350,6 +390,11 @@ class Tier0Detector:
         words = sorted({w.lower() for w in self.config.error_words if w}, key=len, reverse=True)
         self._error_re = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")", re.IGNORECASE) \
             if words else None
+        # identifiers that name a failure in CamelCase (NullPointerException, OutOfMemoryError,
+        # SocketTimeoutException) carry it as a suffix, not as a separate word
+        suffixes = sorted({w.capitalize() for w in words if w.isalpha()}, key=len, reverse=True)
+        self._camel_re = re.compile(r"(?<=[a-z0-9])(?:" + "|".join(suffixes) + r")(?![a-z])") \
+            if suffixes else None
         registry = registry if registry is not None else CollectorRegistry()
         self.m_windows = Counter("tier0_windows", "Windows scored by tier 0", ["kind"], registry=registry)
         self.m_flagged = Counter("tier0_flagged", "Windows flagged by tier 0", ["type"], registry=registry)
@@ -401,7 +446,30 @@ class Tier0Detector:
     def error_words_in(self, text: str) -> list[str]:
         if self._error_re is None:
             return []
-        return sorted({m.group(0).lower() for m in self._error_re.finditer(text)})
+        found = {m.group(0).lower() for m in self._error_re.finditer(text)}
+        if self._camel_re is not None:
+            found.update(m.group(0).lower() for m in self._camel_re.finditer(text))
+        return sorted(found)
+
+    def failure_words(self, template: str) -> list[str]:
+        """The error words of a template that reports an event; a field line reports none."""
+        words = self.error_words_in(template)
+        if words and is_field_line(template, words):
+            return []
+        return words
+
+    def _failure_lines(self, w: Window) -> int:
+        """Error/fatal lines of the window whose template names a failure (has an error word)."""
+        return sum(n for t, n in w.template_errors.items() if self.failure_words(w.templates.get(t, "")))
+
+    def _event_error_lines(self, w: Window) -> int:
+        """Error/fatal lines of the window that are not field lines (dumped state)."""
+        n = 0
+        for t, c in w.template_errors.items():
+            text = w.templates.get(t, "")
+            if not is_field_line(text, self.error_words_in(text)):
+                n += c
+        return n
 
     def _score(self, b: _Baseline, w: Window) -> list[_Problem]:
         cfg = self.config
@@ -414,6 +482,10 @@ class Tier0Detector:
                         problems.append(p)
             return problems
         if b.windows < cfg.warmup_windows:
+            if b.windows == 0 and w.count:
+                first = self._first_window(b, w)
+                if first:
+                    problems.append(first)
             return problems
         if w.count == 0:
             lam = b.count.mean
@@ -429,6 +501,7 @@ class Tier0Detector:
                     + (" (silence already reported)" if b.silent else "")))
             return problems
         problems += self._novel(b, w)
+        events = self._event_error_lines(w) if w.error_count >= cfg.min_errors else 0
         for kind, count, ewma in (("error", w.error_count, b.error_share),
                                   ("warn", w.warn_count, b.warn_share)):
             if count < cfg.min_errors:
@@ -437,6 +510,19 @@ class Tier0Detector:
             lam = max(w.count * share, 0.05 * cfg.min_errors)
             pr = poisson_sf(count, lam)
             conf = self._surprise_conf(pr)
+            note = ""
+            if kind == "error" and events < count:
+                # a burst is counted in events: error/fatal field lines (a register or state dump,
+                # `name.......0`, `reg: 0x..`) are the context of an event, they corroborate but
+                # cannot raise the alarm alone
+                conf = min(conf, cfg.severity_only_cap)
+                note = f"; {count - events} of them are dumped fields, {events} report events"
+                if events >= cfg.min_errors:
+                    pr_e = poisson_sf(events, lam)
+                    conf_e = self._surprise_conf(pr_e)
+                    if conf_e > conf:
+                        conf = conf_e
+                        note += f" (P(>= {events}) = {pr_e:.2g})"
             if conf > 0.05:
                 sev = "high" if kind == "error" else "medium"
                 if w.severity_counts.get("fatal", 0):
@@ -444,7 +530,8 @@ class Tier0Detector:
                 problems.append(_Problem(
                     "error_burst", conf, sev,
                     f"{count} {kind} lines out of {w.count} ({count / w.count:.0%}); baseline {kind} share "
-                    f"{share:.2%} predicts {w.count * share:.1f} (P(>= {count}) = {pr:.2g})",
+                    f"{share:.2%} predicts {w.count * share:.1f} (P(>= {count}) = {pr:.2g})"
+                    + note,
                     [t for t, n in sorted(w.template_errors.items(), key=lambda kv: -kv[1])]))
         if w.count >= cfg.shift_min_count and b.hist and b.js.n >= 3:
             total = float(w.count)
@@ -472,6 +559,9 @@ class Tier0Detector:
         # window (closed earlier) is still news to the session that carries it
         seen: dict[int, int] | OrderedDict[int, int] = b.sess_df if w.kind == "session" else b.templates
         novel = [t for t in w.template_counts if t >= 0 and t not in seen]
+        # an open incident: its new templates are the incident's own detail (the rest of a dump,
+        # follow-on errors), listed but not reported again; only the burst can say it goes on
+        follow_on = self._follow_on(b, w)
         rare: list[int] = []
         if w.kind == "session" and cfg.rare_session_share > 0:
             # a warn/error template seen in only a few earlier sessions is still news for a session
@@ -483,12 +573,18 @@ class Tier0Detector:
             sev = w.template_worst.get(t, "unknown")
             prior = _SEV_PRIOR.get(sev, cfg.novel_info_prior)
             words = self.error_words_in(text)
-            if words:
+            field_line = is_field_line(text, words)
+            if field_line:  # a dumped value (`force load/store alignment.....0`) reports no event
+                words = []
+                prior = min(prior, cfg.severity_only_cap)
+            elif words:
                 prior = min(0.97, prior + cfg.error_word_bonus)
             family = template_family(text, cfg.family_tokens)
             known_family = t in novel and bool(family) and f"{w.kind[0]}:{family}" in b.families
             if known_family:  # a variant of a known event (parser split): much weaker evidence
                 prior *= cfg.known_family_factor
+            if follow_on:
+                prior = min(prior, cfg.severity_only_cap)
             if best is None or prior > best.confidence:
                 severity = {"fatal": "critical", "error": "high", "warn": "medium"}.get(
                     sev, "medium" if words else "low")
@@ -499,9 +595,35 @@ class Tier0Detector:
                     f"{what}; strongest: "
                     f"\"{text[:200]}\" ({w.template_counts[t]} line(s), worst severity {sev}"
                     + (f", error words: {', '.join(words)}" if words else "")
-                    + (", a variant of a known event" if known_family else "") + ")",
+                    + (", a variant of a known event" if known_family else "")
+                    + (", a dumped field, not an event" if field_line else "")
+                    + (", follow-on of the incident flagged in the previous window" if follow_on else "")
+                    + ")",
                     [t] + [x for x in novel if x != t])
         return [best] if best else []
+
+    @staticmethod
+    def _follow_on(b: _Baseline, w: Window) -> bool:
+        """An open incident: the previous tumbling window of this service was flagged and this
+        window follows it directly (no empty window, no gap)."""
+        return w.kind == "tumbling" and b.incident_end_ns != 0 and w.start_ns == b.incident_end_ns
+
+    def _first_window(self, b: _Baseline, w: Window) -> _Problem | None:
+        """The first window of a service never seen before has no baseline, so only what it says
+        counts: when at least half of its lines are error/fatal lines naming a failure, the service
+        introduced itself with failures (a crash loop after a deploy, a job that cannot start) and
+        its strongest such template is reported with its novelty prior. Any other first window
+        (info chatter, a single error among many lines, warnings) waits for the warm-up."""
+        failures = self._failure_lines(w)
+        if not failures or 2 * failures < w.count:
+            return None
+        best = self._novel(b, w)
+        if not best:
+            return None
+        p = best[0]
+        p.explanation = (f"first window of a service never seen before: {failures} of its {w.count} lines "
+                         f"are errors naming a failure; " + p.explanation)
+        return p
 
     def _invariants(self, b: _Baseline, w: Window) -> _Problem | None:
         """Count invariants of sessions (Invariants-Mining spirit, learned online): pairs of frequent
@@ -604,6 +726,7 @@ class Tier0Detector:
             self._learn_invariants(b, w)
             return
         b.windows += 1
+        b.incident_end_ns = w.end_ns if flagged and w.count else 0
         if w.count == 0:
             if flagged:
                 b.silent = True
