@@ -441,3 +441,23 @@ def test_incident_follow_on_window_is_not_reported_again_for_novelty() -> None:
     det.assess(normal(103, rng))
     later = det.assess(with_new(105, 62, "kernel watchdog timeout on <*>"))
     check_contract(later, "novel_template")
+
+
+def test_windows_continuing_an_incident_are_not_learned() -> None:
+    det, _ = trained()
+    counts = {1: 40, 2: 25, 3: 10, 4: 5}
+    storm = win(200, counts | {9: 8}, {9: 8})
+    check_contract(det.assess(storm), "error_burst")
+    base = det.baseline_info("api")
+    assert base is not None
+    # the next windows still carry a few failures each: too few to flag, but the incident goes on,
+    # so they do not teach the baseline that errors are normal now
+    for i in range(201, 206):
+        a = det.assess(win(i, {9: 2}, {9: 2}))
+        assert not a.flagged
+    info = det.baseline_info("api")
+    assert info is not None and info["error_share"] == pytest.approx(base["error_share"])
+    # a quiet window closes the incident; normal windows are learned again
+    rng = random.Random(11)
+    det.assess(normal(206, rng))
+    assert det.baseline_info("api")["windows"] == base["windows"] + 6  # type: ignore[index]

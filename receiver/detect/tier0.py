@@ -205,7 +205,8 @@ def template_family(template: str, n: int) -> str:
     return " ".join(out)
 
 
-_PADDED_FIELD = re.compile(r".*[^.\s]\s?\.{3,}\s*(?:<\*>|\S+)")  # `name.........<*>` (a dump row)
+# `name.........<*>` (a dump row: a label padded with dots to a value)
+_PADDED_FIELD = re.compile(r".*[^.\s]\s?\.{2,}\s*(?:<\*>|<[A-Z_]+>|0x[0-9a-fA-F]+|\d+)")
 _LABEL_VALUE = re.compile(r"[A-Za-z][\w ()/,.'+-]{0,60}?\s?[:=]\s*(?:<\*>|<[A-Z_]+>)")  # `name: <*>`
 _PAIRS = re.compile(r"(?:[\w.-]+[:=](?:<\*>|<[A-Z_]+>)\s*){2,}")  # `lr:<*> cr:<*> xer:<*>`
 _HEADER = re.compile(r"[A-Za-z][\w ()/,.'-]{0,60}:")  # `special purpose registers:`
@@ -602,6 +603,13 @@ class Tier0Detector:
                     [t] + [x for x in novel if x != t])
         return [best] if best else []
 
+    def _elevated(self, b: _Baseline, w: Window) -> bool:
+        """More error lines than the baseline share explains at the 5 % level (too few may flag)."""
+        if not w.error_count:
+            return False
+        lam = max(w.count * b.error_share.mean, 0.05 * self.config.min_errors)
+        return poisson_sf(w.error_count, lam) <= 0.05
+
     @staticmethod
     def _follow_on(b: _Baseline, w: Window) -> bool:
         """An open incident: the previous tumbling window of this service was flagged and this
@@ -726,13 +734,16 @@ class Tier0Detector:
             self._learn_invariants(b, w)
             return
         b.windows += 1
-        b.incident_end_ns = w.end_ns if flagged and w.count else 0
+        # an incident stays open through a window that directly follows it with still elevated
+        # errors, even when too few to flag: that window is not learned either
+        continuing = bool(not flagged and w.count and self._follow_on(b, w) and self._elevated(b, w))
+        b.incident_end_ns = w.end_ns if (flagged or continuing) and w.count else 0
         if w.count == 0:
             if flagged:
                 b.silent = True
             return  # an empty window says nothing about the mix; the count EWMA keeps its level
         b.silent = False
-        if not flagged or b.windows <= cfg.warmup_windows:
+        if not (flagged or continuing) or b.windows <= cfg.warmup_windows:
             b.error_share.update(w.error_count / w.count, a)
             b.warn_share.update(w.warn_count / w.count, a)
             b.count.update(float(w.count), a)
