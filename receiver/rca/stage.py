@@ -57,7 +57,7 @@ class RcaConfig(StageConfig):
 
     baseline_s: float = 300.0  # history compared against (event time)
     settle_s: float = 10.0  # wait this long after the first trigger to gather concurrent symptoms
-    incident_gap_s: float = 120.0  # triggers closer than this join the same incident
+    incident_gap_s: float = 60.0  # triggers closer than this join the same incident
     dedup_s: float = 600.0  # one report per root cause per this period (while its incident is open)
     reanalyse_s: float = 60.0  # re-rank an incident with new triggers at most this often
     max_reports_per_incident: int = 3
@@ -111,7 +111,9 @@ class _Incident:
     anomaly_lines: dict[str, list[str]] = field(default_factory=dict)
     analysed_ns: int | None = None
     changed: bool = True
-    recent_ns: int | None = None  # onset of the symptoms that arrived after the last analysis
+    pending_ns: int | None = None  # first trigger after the last analysis
+    run_start: int = 0  # onset of the current run of contiguous triggers
+    run_last: int = 0
     roots: list[str] = field(default_factory=list)
     reports: int = 0
 
@@ -230,7 +232,10 @@ class RcaStage:
                     target = inc.detect_ns + settle
                     ready = final or now >= target
                 else:
-                    target = max(inc.last_ns + settle, inc.analysed_ns + reanalyse)
+                    # nothing reported yet: look again as soon as new symptoms settle
+                    pending = inc.pending_ns if inc.pending_ns is not None else inc.last_ns
+                    target = pending + settle if inc.reports == 0 else \
+                        max(pending + settle, inc.analysed_ns + reanalyse)
                     ready = inc.changed and inc.reports < self.config.max_reports_per_incident \
                         and (final or now >= target)
                 if ready:
@@ -330,9 +335,15 @@ class RcaStage:
         if inc.analysed_ns is None:
             inc.detect_ns = min(inc.detect_ns, t_ns)
         if inc.analysed_ns is not None:
-            # symptoms after an analysis: the next analysis looks at them from their own onset
-            inc.changed = True
-            inc.recent_ns = onset_ns if inc.recent_ns is None else min(inc.recent_ns, onset_ns)
+            inc.changed = True  # new symptoms re-arm the analysis
+            inc.pending_ns = t_ns if inc.pending_ns is None else min(inc.pending_ns, t_ns)
+        # runs of contiguous symptoms: a new run (after a quiet gap of two buckets) is ranked from its
+        # own onset, so a long incident does not dilute a new fault with its older quiet minutes
+        if not inc.run_last or onset_ns > inc.run_last + 2 * self.signals.bucket_ns():
+            inc.run_start = onset_ns
+        else:
+            inc.run_start = min(inc.run_start, onset_ns)
+        inc.run_last = max(inc.run_last, t_ns)
         if service not in inc.services:
             inc.order.append(service)
             inc.changed = True
@@ -363,10 +374,10 @@ class RcaStage:
         cfg = self.config
         inc.analysed_ns = target
         inc.changed = False
+        inc.pending_ns = None
         # the first analysis ranks from the incident's onset; later ones from the onset of the new
         # symptoms, so a long incident does not dilute a new fault with its older quiet minutes
-        onset = inc.first_ns if inc.recent_ns is None else max(inc.first_ns, inc.recent_ns)
-        inc.recent_ns = None
+        onset = max(inc.first_ns, inc.run_start)
         g = self.call_graph()
         until = min(target, onset + int(cfg.max_window_s * 1e9))
         scores = dict(inc.services)
@@ -374,9 +385,6 @@ class RcaStage:
                       baseline_s=cfg.baseline_s, weights=self.weights, max_candidates=cfg.max_candidates)
         if not result.ranked or result.features[result.root].local < cfg.min_score:
             self.m_suppressed.labels("weak" if result.ranked else "no_candidates").inc()
-            if inc.reports == 0:
-                # nothing to report: forget it, so later symptoms start a fresh incident window
-                self._open.pop(inc.id, None)
             return None
         root = result.root
         if root in inc.roots:
