@@ -446,14 +446,14 @@ def test_incident_follow_on_window_is_not_reported_again_for_novelty() -> None:
 def test_windows_continuing_an_incident_are_not_learned() -> None:
     det, _ = trained()
     counts = {1: 40, 2: 25, 3: 10, 4: 5}
-    storm = win(200, counts | {9: 8}, {9: 8})
+    storm = win(200, counts | {4: 13}, {4: 8})  # a known template, at error severity this time
     check_contract(det.assess(storm), "error_burst")
     base = det.baseline_info("api")
     assert base is not None
-    # the next windows still carry a few failures each: too few to flag, but the incident goes on,
+    # the next windows still carry a few errors each: too few to flag, but the incident goes on,
     # so they do not teach the baseline that errors are normal now
     for i in range(201, 206):
-        a = det.assess(win(i, {9: 2}, {9: 2}))
+        a = det.assess(win(i, {4: 2}, {4: 2}))
         assert not a.flagged
     info = det.baseline_info("api")
     assert info is not None and info["error_share"] == pytest.approx(base["error_share"])
@@ -461,3 +461,21 @@ def test_windows_continuing_an_incident_are_not_learned() -> None:
     rng = random.Random(11)
     det.assess(normal(206, rng))
     assert det.baseline_info("api")["windows"] == base["windows"] + 6  # type: ignore[index]
+
+
+def test_an_incidents_own_new_failure_keeps_flagging_while_it_recurs() -> None:
+    det, _ = trained(incident_max_windows=3)
+    counts = {1: 40, 2: 25, 3: 10, 4: 5}
+    check_contract(det.assess(win(200, counts | {9: 1}, {9: 1})), "novel_template")
+    # one line of that failure in each following window: the incident is not over
+    for i in range(201, 204):
+        a = det.assess(win(i, counts | {9: 1}, {9: 1}))
+        check_contract(a, "novel_template")
+        assert "ongoing incident" in a.finding.body  # type: ignore[union-attr]
+    # after incident_max_windows it is no longer news on its own
+    assert not det.assess(win(204, counts | {9: 1}, {9: 1})).flagged
+    # a known error template that recurs after the incident, or the failure after a quiet gap: not news
+    det2, _ = trained()
+    check_contract(det2.assess(win(200, counts | {9: 1}, {9: 1})), "novel_template")
+    det2.assess(win(201, counts, {}))
+    assert not det2.assess(win(202, counts | {9: 1}, {9: 1})).flagged

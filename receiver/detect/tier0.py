@@ -26,7 +26,12 @@ Dumped state is not an event: a template that only prints fields (`name.........
 error bursts are counted in event lines: a burst made of dumped fields is capped at 0.5 as well.
 One incident, one finding: when the previous tumbling window of a service was flagged and this one
 follows it directly, its new templates are the incident's detail (the rest of a dump, follow-on
-errors) and their novelty is capped at `severity_only_cap`; only a continuing burst flags it again.
+errors) and their novelty is capped at `severity_only_cap`; it is flagged again only by a continuing
+burst or when the incident's OWN new failure (a failure-naming template first seen in it) recurs: that
+template is still news against the history before the incident, so it keeps its novelty prior (for at
+most `incident_max_windows` windows). A window directly after the incident with still elevated errors
+(Poisson p <= 0.05), even too few to flag, keeps it open; windows of an open incident are not learned
+by the EWMAs (a storm split over many small windows does not become the new normal).
 A never-seen service's FIRST window is judged despite the warm-up when at least half of its lines are
 error/fatal lines naming a failure (it introduced itself with failures: a crash loop after a deploy);
 any other warm-up window only learns.
@@ -122,6 +127,9 @@ class DetectConfig(StageConfig):
     max_entries_total: int = 1_000_000  # all baselines together (templates, histogram, transitions,
     # pairs); beyond it the least recently seen services' baselines are dropped
     max_evidence: int = 5
+    # an incident's own new failure keeps flagging the windows that directly follow it while it
+    # recurs, for at most this many windows (then it is the new normal and is learned)
+    incident_max_windows: int = 60
 
     def validate(self) -> None:
         super().validate()
@@ -133,6 +141,7 @@ class DetectConfig(StageConfig):
                 "detect.inv_min_hold", f"must be in [0.5, 1), got {self.inv_min_hold!r}")
         for key in ("warmup_windows", "warmup_sessions", "min_errors", "shift_min_count", "seq_min_support",
                     "inv_templates", "inv_min_support", "max_pairs_per_service", "max_entries_total",
+                    "incident_max_windows",
                     "max_hist_templates",
                     "max_services", "max_templates_per_service", "max_transitions_per_service",
                     "max_evidence"):
@@ -322,6 +331,9 @@ class _Baseline:
         self.n_trans = 0
         self.silent = False  # a silence was reported and no line has arrived since (not persisted)
         self.incident_end_ns = 0  # end of the last tumbling window, if it was flagged (not persisted)
+        # the open incident's own failures: templates first seen in it that name a failure -> prior
+        self.incident_templates: dict[int, float] = {}
+        self.incident_windows = 0  # windows the open incident has lasted
         self.size = 0  # entries accounted in the detector's total
         self.sess_df: dict[int, int] = {}  # template -> sessions containing it (count invariants)
         # (x, y), x < y -> [sessions with both, sessions with both and count(x) == count(y)]
@@ -502,6 +514,9 @@ class Tier0Detector:
                     + (" (silence already reported)" if b.silent else "")))
             return problems
         problems += self._novel(b, w)
+        recur = self._recurring(b, w)
+        if recur:
+            problems.append(recur)
         events = self._event_error_lines(w) if w.error_count >= cfg.min_errors else 0
         for kind, count, ewma in (("error", w.error_count, b.error_share),
                                   ("warn", w.warn_count, b.warn_share)):
@@ -603,12 +618,58 @@ class Tier0Detector:
                     [t] + [x for x in novel if x != t])
         return [best] if best else []
 
+    def _novel_prior(self, w: Window, t: int) -> float:
+        text = w.templates.get(t, "")
+        words = self.error_words_in(text)
+        prior = _SEV_PRIOR.get(w.template_worst.get(t, "unknown"), self.config.novel_info_prior)
+        if is_field_line(text, words):
+            return min(prior, self.config.severity_only_cap)
+        return min(0.97, prior + self.config.error_word_bonus) if words else prior
+
+    def _recurring(self, b: _Baseline, w: Window) -> _Problem | None:
+        """The open incident's own failure recurs in the window right after it: a template first
+        seen in the incident is still news against the history before it, so it keeps its novelty
+        prior (the failure has not stopped), for at most `incident_max_windows` windows."""
+        if not b.incident_templates or not self._follow_on(b, w) \
+                or b.incident_windows >= self.config.incident_max_windows:
+            return None
+        hits = [(b.incident_templates[t], t) for t in w.template_errors if t in b.incident_templates]
+        if not hits:
+            return None
+        prior, t = max(hits)
+        lines = sum(w.template_errors[x] for _, x in hits)
+        sev = w.template_worst.get(t, "error")
+        return _Problem(
+            "novel_template", prior, {"fatal": "critical", "error": "high"}.get(sev, "medium"),
+            f"ongoing incident ({b.incident_windows + 1} window(s)): {lines} line(s) of the failure first "
+            f"seen in it recur; strongest: \"{w.templates.get(t, '')[:200]}\" (worst severity {sev})",
+            [x for _, x in sorted(hits, reverse=True)])
+
     def _elevated(self, b: _Baseline, w: Window) -> bool:
         """More error lines than the baseline share explains at the 5 % level (too few may flag)."""
         if not w.error_count:
             return False
         lam = max(w.count * b.error_share.mean, 0.05 * self.config.min_errors)
         return poisson_sf(w.error_count, lam) <= 0.05
+
+    def _track_incident(self, b: _Baseline, w: Window, flagged: bool) -> None:
+        """Open, extend or close the service's incident (before the window's templates are learned).
+        An incident stays open through a window that directly follows it with still elevated
+        errors, even when too few to flag: such a window is not learned either."""
+        follow = self._follow_on(b, w)
+        continuing = bool(not flagged and w.count and follow and self._elevated(b, w))
+        if not ((flagged or continuing) and w.count):
+            b.incident_end_ns, b.incident_templates, b.incident_windows = 0, {}, 0
+            return
+        if not follow:  # a new incident
+            b.incident_templates, b.incident_windows = {}, 0
+        else:
+            b.incident_windows += 1
+        b.incident_end_ns = w.end_ns
+        for t in w.template_errors:
+            if t >= 0 and t not in b.templates and len(b.incident_templates) < 64 \
+                    and self.failure_words(w.templates.get(t, "")):
+                b.incident_templates[t] = self._novel_prior(w, t)
 
     @staticmethod
     def _follow_on(b: _Baseline, w: Window) -> bool:
@@ -706,6 +767,8 @@ class Tier0Detector:
         cfg = self.config
         a = cfg.ewma_alpha
         seen = b.sess_df if w.kind == "session" else b.templates
+        if w.kind == "tumbling":
+            self._track_incident(b, w, flagged)
         for t, n in w.template_counts.items():
             if t < 0:
                 continue
@@ -734,10 +797,7 @@ class Tier0Detector:
             self._learn_invariants(b, w)
             return
         b.windows += 1
-        # an incident stays open through a window that directly follows it with still elevated
-        # errors, even when too few to flag: that window is not learned either
-        continuing = bool(not flagged and w.count and self._follow_on(b, w) and self._elevated(b, w))
-        b.incident_end_ns = w.end_ns if (flagged or continuing) and w.count else 0
+        continuing = b.incident_end_ns == w.end_ns and not flagged
         if w.count == 0:
             if flagged:
                 b.silent = True
