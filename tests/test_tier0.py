@@ -479,3 +479,18 @@ def test_an_incidents_own_new_failure_keeps_flagging_while_it_recurs() -> None:
     check_contract(det2.assess(win(200, counts | {9: 1}, {9: 1})), "novel_template")
     det2.assess(win(201, counts, {}))
     assert not det2.assess(win(202, counts | {9: 1}, {9: 1})).flagged
+
+
+def test_incident_failure_templates_are_capped() -> None:
+    from receiver.detect.tier0 import _MAX_INCIDENT_TEMPLATES
+
+    reg = CollectorRegistry()
+    det = Tier0Detector(DetectConfig(warmup_windows=2), None, reg)
+    rng = random.Random(2)
+    det.consume_windows([normal(i, rng) for i in range(5)])
+    n = _MAX_INCIDENT_TEMPLATES + 6
+    w = win(10, {100 + i: 1 for i in range(n)}, {100 + i: 1 for i in range(n)})
+    w.templates = {100 + i: f"worker {i} failed with code <*>" for i in range(n)}
+    assert det.assess(w).flagged
+    assert len(det._baselines["api"].incident_templates) == _MAX_INCIDENT_TEMPLATES
+    assert reg.get_sample_value("tier0_baseline_evictions_total", {"reason": "incident_templates"}) == 6

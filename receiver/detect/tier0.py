@@ -88,6 +88,7 @@ DEFAULT_ERROR_WORDS = [
     "cannot", "can not", "unable", "invalid", "lost", "severe",
 ]
 _SEV_PRIOR = {"fatal": 0.9, "error": 0.8, "warn": 0.6}
+_MAX_INCIDENT_TEMPLATES = 64  # an open incident's own failure templates remembered per service
 
 
 @dataclass
@@ -667,8 +668,11 @@ class Tier0Detector:
             b.incident_windows += 1
         b.incident_end_ns = w.end_ns
         for t in w.template_errors:
-            if t >= 0 and t not in b.templates and len(b.incident_templates) < 64 \
+            if t >= 0 and t not in b.templates and t not in b.incident_templates \
                     and self.failure_words(w.templates.get(t, "")):
+                if len(b.incident_templates) >= _MAX_INCIDENT_TEMPLATES:  # the first ones are kept
+                    self.m_evicted.labels("incident_templates").inc()
+                    continue
                 b.incident_templates[t] = self._novel_prior(w, t)
 
     @staticmethod
