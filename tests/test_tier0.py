@@ -494,3 +494,16 @@ def test_incident_failure_templates_are_capped() -> None:
     assert det.assess(w).flagged
     assert len(det._baselines["api"].incident_templates) == _MAX_INCIDENT_TEMPLATES
     assert reg.get_sample_value("tier0_baseline_evictions_total", {"reason": "incident_templates"}) == 6
+
+
+def test_template_text_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from receiver.detect import tier0
+
+    monkeypatch.setattr(tier0, "_TEXT_CACHE_MAX", 4)
+    reg = CollectorRegistry()
+    det = Tier0Detector(DetectConfig(), None, reg)
+    for i in range(10):
+        assert det.failure_words(f"job {i} failed: <*>") == ["failed"]
+    assert det.failure_words("reg{0}.........<*>") == []
+    assert len(det._text_cache) <= 4
+    assert reg.get_sample_value("tier0_baseline_evictions_total", {"reason": "text_cache"}) == 8

@@ -88,6 +88,7 @@ DEFAULT_ERROR_WORDS = [
     "cannot", "can not", "unable", "invalid", "lost", "severe",
 ]
 _SEV_PRIOR = {"fatal": 0.9, "error": 0.8, "warn": 0.6}
+_TEXT_CACHE_MAX = 8192  # template texts whose error words / field-line shape are cached
 _MAX_INCIDENT_TEMPLATES = 64  # an open incident's own failure templates remembered per service
 
 
@@ -417,6 +418,7 @@ class Tier0Detector:
         self.m_services = Gauge("tier0_services", "Services with a baseline", registry=registry)
         self._window_children = {k: self.m_windows.labels(k) for k in ("tumbling", "session")}
         self._started = False
+        self._text_cache: dict[str, tuple[list[str], bool]] = {}  # guarded by self._lock
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -465,12 +467,22 @@ class Tier0Detector:
             found.update(m.group(0).lower() for m in self._camel_re.finditer(text))
         return sorted(found)
 
+    def _text_info(self, template: str) -> tuple[list[str], bool]:
+        """(error words, is a field line) of a template text; cached (bounded, cleared when full)."""
+        info = self._text_cache.get(template)
+        if info is None:
+            words = self.error_words_in(template)
+            info = (words, is_field_line(template, words))
+            if len(self._text_cache) >= _TEXT_CACHE_MAX:
+                self.m_evicted.labels("text_cache").inc(len(self._text_cache))
+                self._text_cache.clear()
+            self._text_cache[template] = info
+        return info
+
     def failure_words(self, template: str) -> list[str]:
         """The error words of a template that reports an event; a field line reports none."""
-        words = self.error_words_in(template)
-        if words and is_field_line(template, words):
-            return []
-        return words
+        words, field_line = self._text_info(template)
+        return [] if field_line else words
 
     def _failure_lines(self, w: Window) -> int:
         """Error/fatal lines of the window whose template names a failure (has an error word)."""
@@ -480,8 +492,7 @@ class Tier0Detector:
         """Error/fatal lines of the window that are not field lines (dumped state)."""
         n = 0
         for t, c in w.template_errors.items():
-            text = w.templates.get(t, "")
-            if not is_field_line(text, self.error_words_in(text)):
+            if not self._text_info(w.templates.get(t, ""))[1]:
                 n += c
         return n
 
@@ -589,8 +600,7 @@ class Tier0Detector:
             text = w.templates.get(t, "")
             sev = w.template_worst.get(t, "unknown")
             prior = _SEV_PRIOR.get(sev, cfg.novel_info_prior)
-            words = self.error_words_in(text)
-            field_line = is_field_line(text, words)
+            words, field_line = self._text_info(text)
             if field_line:  # a dumped value (`force load/store alignment.....0`) reports no event
                 words = []
                 prior = min(prior, cfg.severity_only_cap)
@@ -621,9 +631,9 @@ class Tier0Detector:
 
     def _novel_prior(self, w: Window, t: int) -> float:
         text = w.templates.get(t, "")
-        words = self.error_words_in(text)
+        words, field_line = self._text_info(text)
         prior = _SEV_PRIOR.get(w.template_worst.get(t, "unknown"), self.config.novel_info_prior)
-        if is_field_line(text, words):
+        if field_line:
             return min(prior, self.config.severity_only_cap)
         return min(0.97, prior + self.config.error_word_bonus) if words else prior
 
