@@ -17,6 +17,11 @@ Rows:
   traces  baseline (decode only)                minimal grpc.aio, ParseFromString, count
   traces  receiver, no-op consumer              OtlpReceiver + validation + BoundedQueue + no-op
   traces  receiver + graph                      ... + receiver.graph.ServiceGraph (if importable)
+  traces  receiver, queue full (refusals)       the queue is full the whole time (its consumer holds the
+                                                first request): every request is refused (UNAVAILABLE +
+                                                RetryInfo); items/s = items REFUSED per second, so items
+                                                per server CPU-s is what a refusal costs (the receiver
+                                                refuses before decoding; only run with --only traces:full)
   logs    baseline (decode only)
   logs    receiver, no-op consumer
 Plus peak RSS of the receiver process while 1M spans with >=100k distinct traces pass with graph on.
@@ -39,6 +44,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -211,6 +217,7 @@ async def _serve(mode: str) -> None:
     counter = _Counting()
     stop: list[Any] = []
     errors: list[Any] = [lambda: 0]
+    items_fn: list[Any] = [lambda: counter.items]
     if mode == "baseline":
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)]
@@ -245,14 +252,27 @@ async def _serve(mode: str) -> None:
         from receiver.otlp import OtlpConfig, OtlpReceiver
         from receiver.pipeline.queue import BoundedQueue, QueueConfig
 
-        inner = None
+        inner: Any = None
+        qcfg = QueueConfig()
+        hold = threading.Event()
         if mode == "graph":
             from receiver.graph import GraphConfig, ServiceGraph
 
             inner = ServiceGraph(GraphConfig())
             inner.start()
-        counter = _Counting(traces=inner)
-        queue = BoundedQueue(QueueConfig(), [counter], [counter])
+        elif mode == "full":
+
+            class _Held:  # holds the first request until shutdown: the queue stays full
+                def consume_traces(self, req: Any) -> None:
+                    hold.wait()
+
+                def consume_logs(self, req: Any) -> None:
+                    hold.wait()
+
+            inner = _Held()
+            qcfg = QueueConfig(capacity_items=1)  # the first (512-item) request fills it
+        counter = _Counting(traces=inner, logs=inner if mode == "full" else None)
+        queue = BoundedQueue(qcfg, [counter], [counter])
         queue.start()
         errors[0] = lambda: sum(
             s.value
@@ -263,11 +283,17 @@ async def _serve(mode: str) -> None:
         rcv = OtlpReceiver(OtlpConfig(grpc_endpoint="127.0.0.1:0", http_endpoint=""), queue, queue)
         await rcv.start()
         port = rcv.grpc_port
+        if mode == "full":  # items = items refused (each refused request carries BATCH items)
+            refused = {"receiver": "otlp", "transport": "grpc", "signal": "traces", "outcome": "refused"}
+            items_fn[0] = lambda: int(
+                (rcv.registry.get_sample_value("otelcol_receiver_requests_total", refused) or 0) * BATCH
+            )
 
         async def _stop() -> None:
             await rcv.shutdown(1)
+            hold.set()
             queue.shutdown()
-            if inner is not None:
+            if inner is not None and hasattr(inner, "shutdown"):
                 inner.shutdown()
 
         stop.append(_stop)
@@ -279,7 +305,7 @@ async def _serve(mode: str) -> None:
             print(
                 json.dumps(
                     {
-                        "items": counter.items,
+                        "items": items_fn[0](),
                         "t": time.monotonic(),
                         "cpu_s": time.process_time(),
                         "consumer_errors": errors[0](),
@@ -474,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     cases += [("logs", "baseline"), ("logs", "receiver")]
     if args.only:
         wanted = {tuple(c.split(":")) for c in args.only.split(",")}
-        cases = [c for c in cases if c in wanted or (c[0], "baseline") == c]
+        cases = [c for c in cases + [("traces", "full")] if c in wanted or (c[0], "baseline") == c]
     print(
         f"OTLP/gRPC ingest, {BATCH}-item requests, {len(SERVICES)} services, {args.streams} concurrent calls "
         f"over 2 channels, {args.warmup:.0f}s warm-up + {args.seconds:.0f}s window; client and server in "
@@ -505,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         "baseline": "baseline: grpc.aio + ParseFromString only",
         "receiver": "receiver, no-op consumer",
         "graph": "receiver + ServiceGraph",
+        "full": "receiver, queue full: items REFUSED",
     }
     print()
     print(

@@ -12,9 +12,11 @@ Rows (all measured in this run, interleaved, best of the repeats):
   inproc         OtlpReceiver -> BoundedQueue -> ServiceGraph + SpanSignals in the receiver process
                  (how app.py wired it before SpanProcess)
   split          OtlpReceiver -> BoundedQueue -> SpanProcess: ServiceGraph + SpanSignals in a child
-  split-graph-raw  like split-graph, but the child gets the request's wire bytes instead of a
-                 re-serialization (SIMULATED: this bench process wraps the gRPC decode to remember them;
-                 the receiver and queue do not pass them yet) -- what that pass-through would save
+  split-graph-reserialize  like split-graph, but SpanProcess sits behind a consumer without a `raw`
+                 parameter, so the queue hands it the request alone and it re-serializes it for the child
+                 (how it worked before the receiver passed the wire bytes through) -- what the
+                 pass-through saves. split-graph and split use the real pass-through (the receiver keeps
+                 the gRPC bytes when validation kept every span, the queue hands them to SpanProcess).
 
 Throughput is END TO END: spans processed by the graph and the signals (inproc: counted after both
 consumers returned; split: the child's own count, read by an RPC that is answered only after everything
@@ -40,6 +42,7 @@ from typing import Any
 from bench.ingest import _Counting, _expect, _finish, _mem
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_MODES = ("inproc-graph", "split-graph", "split-graph-reserialize", "inproc", "split")
 
 
 async def _serve(mode: str) -> None:
@@ -53,22 +56,22 @@ async def _serve(mode: str) -> None:
     sp: SpanProcess | None = None
     inproc: list[Any] = []
     with_signals = "-graph" not in mode
-    raw_by_id: dict[int, bytes] = {}
-    if mode.endswith("-raw"):  # simulate a receiver that hands the wire bytes down with the request
-        import receiver.otlp.grpc_server as gs
-
-        decode = gs._decode
-
-        def _decode_keep_raw(message_type: Any, data: bytes, what: str) -> Any:
-            msg = decode(message_type, data, what)
-            raw_by_id[id(msg)] = data  # a later message at the same address overwrites it
-            return msg
-
-        gs._decode = _decode_keep_raw
+    counter: _Counting | None = None
     if mode.startswith("split"):
         sp = SpanProcess(GraphConfig(), SignalsConfig(), config=SpanProcessConfig(signals=with_signals))
         sp.start()
-        consumer: Any = sp
+        consumer: Any = sp  # the child counts processed spans; the queue passes it the wire bytes
+        if mode.endswith("-reserialize"):
+            spanproc = sp
+
+            class _NoRaw:  # no `raw` parameter: SpanProcess gets the request alone and re-serializes it
+                def consume_traces(self, req: Any) -> None:
+                    spanproc.consume_traces(req)
+
+                def consume_logs(self, req: Any) -> None:
+                    spanproc.consume_logs(req)
+
+            consumer = _NoRaw()
     else:
         inproc = [ServiceGraph(GraphConfig())] + ([SpanSignals(SignalsConfig())] if with_signals else [])
         for c in inproc:
@@ -82,20 +85,8 @@ async def _serve(mode: str) -> None:
             def consume_logs(self, req: Any) -> None:
                 pass
 
-        consumer = _All()
-    if mode.endswith("-raw"):
-        spanproc = consumer
-
-        class _Raw:
-            def consume_traces(self, req: Any) -> None:
-                spanproc.consume_traces(req, raw=raw_by_id.pop(id(req), None))
-
-            def consume_logs(self, req: Any) -> None:
-                spanproc.consume_logs(req)
-
-        consumer = _Raw()
-    counter = _Counting(traces=consumer, logs=consumer)
-    queue = BoundedQueue(QueueConfig(), [counter], [counter])
+        consumer = counter = _Counting(traces=_All(), logs=_All())
+    queue = BoundedQueue(QueueConfig(), [consumer], [consumer])
     queue.start()
     rcv = OtlpReceiver(OtlpConfig(grpc_endpoint="127.0.0.1:0", http_endpoint=""), queue, queue)
     await rcv.start()
@@ -110,6 +101,7 @@ async def _serve(mode: str) -> None:
             out.update(items=child["spans"], t=child["t"], child_cpu_s=child["cpu_s"],
                        cpu_s=time.process_time(), lost=child["lost_spans"])
         else:
+            assert counter is not None
             out.update(items=counter.items, t=time.monotonic(), cpu_s=time.process_time(), child_cpu_s=0.0)
         return out
 
@@ -183,13 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_INGEST_SECONDS", "4")))
     ap.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_INGEST_REPEATS", "2")))
     ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--only", default="", help="comma list of: inproc, split")
+    ap.add_argument("--only", default="", help="comma list of: " + ", ".join(ALL_MODES))
     args = ap.parse_args(sys.argv[1:] if argv is None and __name__ == "__main__" else (argv or []))
     if args.serve:
         asyncio.run(_serve(args.serve))
         return
-    all_modes = ("inproc-graph", "split-graph", "split-graph-raw", "inproc", "split")
-    modes = ["baseline"] + [m for m in all_modes if not args.only or m in args.only.split(",")]
+    modes = ["baseline"] + [m for m in ALL_MODES if not args.only or m in args.only.split(",")]
     print(f"OTLP/gRPC trace ingest with graph + signals: 512-span requests, 10 services, {args.streams} "
           f"concurrent calls, {args.warmup:.0f}s warm-up + {args.seconds:.0f}s window, "
           f"best of {args.repeats}; "
@@ -207,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         "baseline": "baseline: grpc.aio + ParseFromString only",
         "inproc-graph": "receiver + graph in-process",
         "split-graph": "receiver + SpanProcess (graph in a child)",
-        "split-graph-raw": "... + wire bytes passed through (simulated)",
+        "split-graph-reserialize": "... re-serializing instead of passing the wire bytes",
         "inproc": "receiver + graph + signals in-process",
         "split": "receiver + SpanProcess (graph + signals in a child)",
     }
