@@ -467,18 +467,19 @@ def test_an_incidents_own_new_failure_keeps_flagging_while_it_recurs() -> None:
     det, _ = trained(incident_max_windows=3)
     counts = {1: 40, 2: 25, 3: 10, 4: 5}
     check_contract(det.assess(win(200, counts | {9: 1}, {9: 1})), "novel_template")
-    # one line of that failure in each following window: the incident is not over
+    # two lines of that failure in each following window (too few for a burst, more errors than the
+    # service's usual share explains): the incident is not over
     for i in range(201, 204):
-        a = det.assess(win(i, counts | {9: 1}, {9: 1}))
+        a = det.assess(win(i, counts | {9: 2}, {9: 2}))
         check_contract(a, "novel_template")
         assert "ongoing incident" in a.finding.body  # type: ignore[union-attr]
     # after incident_max_windows it is no longer news on its own
-    assert not det.assess(win(204, counts | {9: 1}, {9: 1})).flagged
+    assert not det.assess(win(204, counts | {9: 2}, {9: 2})).flagged
     # a known error template that recurs after the incident, or the failure after a quiet gap: not news
     det2, _ = trained()
     check_contract(det2.assess(win(200, counts | {9: 1}, {9: 1})), "novel_template")
     det2.assess(win(201, counts, {}))
-    assert not det2.assess(win(202, counts | {9: 1}, {9: 1})).flagged
+    assert not det2.assess(win(202, counts | {9: 2}, {9: 2})).flagged
 
 
 def test_incident_failure_templates_are_capped() -> None:
@@ -507,3 +508,14 @@ def test_template_text_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     assert det.failure_words("reg{0}.........<*>") == []
     assert len(det._text_cache) <= 4
     assert reg.get_sample_value("tier0_baseline_evictions_total", {"reason": "text_cache"}) == 8
+
+
+def test_incident_recurrence_needs_errors_above_the_services_usual_share() -> None:
+    # a service that only ever logs errors: its new failure is flagged once, its recurrence in the next
+    # window is what it always does (error share 100 % explains it), not an ongoing incident
+    det = Tier0Detector(DetectConfig(warmup_windows=3), None, CollectorRegistry())
+    for i in range(6):
+        det.assess(win(i * 2, {4: 2}, {4: 2}))  # "db query took <*> ms" at error, every window
+    check_contract(det.assess(win(20, {4: 2, 9: 1}, {4: 2, 9: 1})), "novel_template")
+    a = det.assess(win(21, {4: 2, 9: 1}, {4: 2, 9: 1}))
+    assert not a.flagged and not any("ongoing incident" in r for r in a.reasons)

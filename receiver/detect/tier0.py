@@ -27,9 +27,11 @@ error bursts are counted in event lines: a burst made of dumped fields is capped
 One incident, one finding: when the previous tumbling window of a service was flagged and this one
 follows it directly, its new templates are the incident's detail (the rest of a dump, follow-on
 errors) and their novelty is capped at `severity_only_cap`; it is flagged again only by a continuing
-burst or when the incident's OWN new failure (a failure-naming template first seen in it) recurs: that
-template is still news against the history before the incident, so it keeps its novelty prior (for at
-most `incident_max_windows` windows). A window directly after the incident with still elevated errors
+burst or when the incident's OWN new failure (a failure-naming template first seen in it) recurs with
+more error lines than the service's usual error share explains (Poisson p <= 0.05): that template is
+still news against the history before the incident, so it keeps its novelty prior (for at most
+`incident_max_windows` windows; a service that always logs errors never chains such findings).
+A window directly after the incident with still elevated errors
 (Poisson p <= 0.05), even too few to flag, keeps it open; windows of an open incident are not learned
 by the EWMAs (a storm split over many small windows does not become the new normal).
 A never-seen service's FIRST window is judged despite the warm-up when at least half of its lines are
@@ -645,8 +647,8 @@ class Tier0Detector:
                 or b.incident_windows >= self.config.incident_max_windows:
             return None
         hits = [(b.incident_templates[t], t) for t in w.template_errors if t in b.incident_templates]
-        if not hits:
-            return None
+        if not hits or not self._elevated(b, w, floor=False):
+            return None  # a service that always logs errors: its usual share explains them
         prior, t = max(hits)
         lines = sum(w.template_errors[x] for _, x in hits)
         sev = w.template_worst.get(t, "error")
@@ -656,11 +658,13 @@ class Tier0Detector:
             f"seen in it recur; strongest: \"{w.templates.get(t, '')[:200]}\" (worst severity {sev})",
             [x for _, x in sorted(hits, reverse=True)])
 
-    def _elevated(self, b: _Baseline, w: Window) -> bool:
-        """More error lines than the baseline share explains at the 5 % level (too few may flag)."""
+    def _elevated(self, b: _Baseline, w: Window, floor: bool = True) -> bool:
+        """More error lines than the baseline share explains at the 5 % level (too few may flag).
+        `floor`: the expected count is at least 0.05 * min_errors (as for bursts), so one stray
+        error in a clean service is not enough."""
         if not w.error_count:
             return False
-        lam = max(w.count * b.error_share.mean, 0.05 * self.config.min_errors)
+        lam = max(w.count * b.error_share.mean, 0.05 * self.config.min_errors if floor else 1e-6)
         return poisson_sf(w.error_count, lam) <= 0.05
 
     def _track_incident(self, b: _Baseline, w: Window, flagged: bool) -> None:
