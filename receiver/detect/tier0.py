@@ -24,16 +24,16 @@ Dumped state is not an event: a template that only prints fields (`name.........
 `lr:<*> cr:<*>` pairs, or, when it names no failure, `register: <*>` and `registers:` headers; see
 `is_field_line`) gets no error-word bonus and a novelty prior capped at `severity_only_cap` (0.5), and
 error bursts are counted in event lines: a burst made of dumped fields is capped at 0.5 as well.
-One incident, one finding: when the previous tumbling window of a service was flagged and this one
-follows it directly, its new templates are the incident's detail (the rest of a dump, follow-on
-errors) and their novelty is capped at `severity_only_cap`; it is flagged again only by a continuing
-burst or when the incident's OWN new failure (a failure-naming template first seen in it) recurs with
-more error lines than the service's usual error share explains (Poisson p <= 0.05): that template is
-still news against the history before the incident, so it keeps its novelty prior (for at most
-`incident_max_windows` windows; a service that always logs errors never chains such findings).
-A window directly after the incident with still elevated errors
-(Poisson p <= 0.05), even too few to flag, keeps it open; windows of an open incident are not learned
-by the EWMAs (a storm split over many small windows does not become the new normal).
+An incident is not re-reported for its aftermath: when the previous tumbling window of a service was
+flagged and this one follows it directly, its new templates are the incident's detail (the rest of a
+dump, follow-on errors) and their novelty is capped at `severity_only_cap`; it is flagged again only by
+a continuing burst or when the incident's OWN new failure (a failure-naming template first seen in it)
+recurs with more error lines than the service's usual error share explains (Poisson p <= 0.05): that
+template is still news against the history before the incident, so it keeps its novelty prior (for at
+most `incident_max_windows` windows; a service that always logs errors never chains such findings). A
+window directly after the incident with still elevated errors (Poisson p <= 0.05), even too few to flag,
+keeps it open; windows of an open incident are not learned by the EWMAs (a storm split over many small
+windows does not become the new normal).
 A never-seen service's FIRST window is judged despite the warm-up when at least half of its lines are
 error/fatal lines naming a failure (it introduced itself with failures: a crash loop after a deploy);
 any other warm-up window only learns.
