@@ -103,14 +103,10 @@ def chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProces
     return r
 
 
-def api(running: RunningApp, path: str, token: str = "", body: dict[str, Any] | None = None) -> Any:
+def api(running: RunningApp, path: str, token: str = "") -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    method = "POST" if body is not None or path.endswith("/flush") else "GET"
-    req = urllib.request.Request(running.url(path), data=data, headers=headers, method=method)
+    method = "POST" if path.endswith("/flush") else "GET"
+    req = urllib.request.Request(running.url(path), headers=headers, method=method)
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read())
 
@@ -147,9 +143,8 @@ def test_page_renders_graph_findings_and_escapes_log_text(tmp_path: Path) -> Non
     running = RunningApp(tmp_path)
     try:
         anomaly, report, incident = seed(running)
-        incidents = [incident]
         profile = tmp_path / "chromium-profile"
-        page = running.url(f"/#incident={incidents[0]['id']}")  # deep link: that incident's details open
+        page = running.url(f"/#incident={incident['id']}")  # deep link: that incident's details open
         dom = chromium(page, profile, "--dump-dom").stdout
         shot = tmp_path / "page.png"
         chromium(page, profile, "--hide-scrollbars", "--window-size=1400,1500",
@@ -205,7 +200,7 @@ def test_page_renders_graph_findings_and_escapes_log_text(tmp_path: Path) -> Non
 
     # the open incident
     rows = [n for n in by_id["incidents"].iter() if n.tag == "tr" and "inc" in n.classes()]
-    assert [r.attrs["data-id"] for r in rows] == [incidents[0]["id"]]
+    assert [r.attrs["data-id"] for r in rows] == [incident["id"]]
     assert "payment" in rows[0].all_text() and "selected" in rows[0].classes()
     detail = by_id["incident-detail"]
     assert "hidden" not in detail.attrs
