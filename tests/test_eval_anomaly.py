@@ -52,6 +52,10 @@ def test_bgl_other_window_sizes_same_default_config() -> None:
     assert res["f1"] >= 0.94 and res["precision"] >= 0.99
     res = anomaly.evaluate(BGL, window_s=7200.0)
     assert res["f1"] >= 0.88 and res["precision"] >= 0.99
+    # 600 s: P 0.975 R 0.929 F1 0.951 (39 tp, 1 fp, 3 fn; was F1 0.237): a storm spread over many small
+    # windows stays one open incident whose own failure keeps recurring
+    res = anomaly.evaluate(BGL, window_s=600.0)
+    assert res["f1"] >= 0.94 and res["precision"] >= 0.95
 
 
 def test_text_output_and_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

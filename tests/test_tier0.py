@@ -475,6 +475,7 @@ def test_an_incidents_own_new_failure_keeps_flagging_while_it_recurs() -> None:
         assert "ongoing incident" in a.finding.body  # type: ignore[union-attr]
     # after incident_max_windows it is no longer news on its own
     assert not det.assess(win(204, counts | {9: 2}, {9: 2})).flagged
+    assert det._baselines["api"].incident_end_ns == 0  # closed: what follows is learned again
     # a known error template that recurs after the incident, or the failure after a quiet gap: not news
     det2, _ = trained()
     check_contract(det2.assess(win(200, counts | {9: 1}, {9: 1})), "novel_template")
@@ -519,3 +520,17 @@ def test_incident_recurrence_needs_errors_above_the_services_usual_share() -> No
     check_contract(det.assess(win(20, {4: 2, 9: 1}, {4: 2, 9: 1})), "novel_template")
     a = det.assess(win(21, {4: 2, 9: 1}, {4: 2, 9: 1}))
     assert not a.flagged and not any("ongoing incident" in r for r in a.reasons)
+
+
+def test_silence_is_not_recovery_within_the_incident_grace() -> None:
+    det, _ = trained(incident_grace_s=600.0)  # 10 windows of 60 s
+    counts = {1: 40, 2: 25, 3: 10, 4: 5}
+    check_contract(det.assess(win(200, counts | {9: 1}, {9: 1})), "novel_template")
+    det.assess(win(201, {}, {}))  # an empty window: nothing observed
+    a = det.assess(win(205, counts | {9: 2}, {9: 2}))  # 4 windows of silence later: still the incident
+    check_contract(a, "novel_template")
+    assert "ongoing incident" in a.finding.body  # type: ignore[union-attr]
+    # more silence than the grace: the incident is over, the (now known) failure is not news
+    assert not det.assess(win(220, counts | {9: 2}, {9: 2})).flagged
+    with pytest.raises(ConfigError):
+        DetectConfig(incident_grace_s=-1).validate()

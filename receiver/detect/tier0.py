@@ -24,16 +24,17 @@ Dumped state is not an event: a template that only prints fields (`name.........
 `lr:<*> cr:<*>` pairs, or, when it names no failure, `register: <*>` and `registers:` headers; see
 `is_field_line`) gets no error-word bonus and a novelty prior capped at `severity_only_cap` (0.5), and
 error bursts are counted in event lines: a burst made of dumped fields is capped at 0.5 as well.
-An incident is not re-reported for its aftermath: when the previous tumbling window of a service was
-flagged and this one follows it directly, its new templates are the incident's detail (the rest of a
-dump, follow-on errors) and their novelty is capped at `severity_only_cap`; it is flagged again only by
-a continuing burst or when the incident's OWN new failure (a failure-naming template first seen in it)
-recurs with more error lines than the service's usual error share explains (Poisson p <= 0.05): that
-template is still news against the history before the incident, so it keeps its novelty prior (for at
-most `incident_max_windows` windows; a service that always logs errors never chains such findings). A
-window directly after the incident with still elevated errors (Poisson p <= 0.05), even too few to flag,
-keeps it open; windows of an open incident are not learned by the EWMAs (a storm split over many small
-windows does not become the new normal).
+An incident is not re-reported for its aftermath: when the last tumbling window of a service that had
+lines was flagged and this one starts within `incident_grace_s` (1 h) of its end (silence is not
+recovery: empty windows neither extend nor end an incident), its new templates are the incident's detail
+(the rest of a dump, follow-on errors) and their novelty is capped at `severity_only_cap`; it is flagged
+again only by a continuing burst or when the incident's OWN new failure (a failure-naming template first
+seen in it) recurs with more error lines than the service's usual error share explains (Poisson p <=
+0.05): that template is still news against the history before the incident, so it keeps its novelty
+prior (for at most `incident_max_windows` windows; a service that always logs errors never chains such
+findings). A window following the incident with still elevated errors (Poisson p <= 0.05), even too few
+to flag, keeps it open; windows of an open incident are not learned by the EWMAs (a storm split over
+many small windows does not become the new normal).
 A never-seen service's FIRST window is judged despite the warm-up when at least half of its lines are
 error/fatal lines naming a failure (it introduced itself with failures: a crash loop after a deploy);
 any other warm-up window only learns.
@@ -91,7 +92,7 @@ DEFAULT_ERROR_WORDS = [
 ]
 _SEV_PRIOR = {"fatal": 0.9, "error": 0.8, "warn": 0.6}
 _TEXT_CACHE_MAX = 8192  # template texts whose error words / field-line shape are cached
-_MAX_INCIDENT_TEMPLATES = 64  # an open incident's own failure templates remembered per service
+_MAX_INCIDENT_TEMPLATES = 64
 
 
 @dataclass
@@ -134,6 +135,8 @@ class DetectConfig(StageConfig):
     # an incident's own new failure keeps flagging the windows that directly follow it while it
     # recurs, for at most this many windows (then it is the new normal and is learned)
     incident_max_windows: int = 60
+    # silence up to this long does not end an incident (a window with lines and no elevated errors does)
+    incident_grace_s: float = 3600.0
 
     def validate(self) -> None:
         super().validate()
@@ -158,6 +161,8 @@ class DetectConfig(StageConfig):
                 "detect.known_family_factor", f"must be in [0, 1], got {self.known_family_factor!r}")
         require(isinstance(self.family_tokens, int) and self.family_tokens >= 0, "detect.family_tokens",
                 f"must be an integer >= 0, got {self.family_tokens!r}")
+        require(isinstance(self.incident_grace_s, (int, float)) and self.incident_grace_s >= 0,
+                "detect.incident_grace_s", f"must be a number of seconds >= 0, got {self.incident_grace_s!r}")
         for key in ("surprise_slope", "seq_smoothing"):
             positive(getattr(self, key), f"detect.{key}")
         require(isinstance(self.error_words, list), "detect.error_words", "must be a list of words")
@@ -672,8 +677,14 @@ class Tier0Detector:
         An incident stays open through a window that directly follows it with still elevated
         errors, even when too few to flag: such a window is not learned either."""
         follow = self._follow_on(b, w)
-        continuing = bool(not flagged and w.count and follow and self._elevated(b, w))
-        if not ((flagged or continuing) and w.count):
+        if not w.count:
+            return  # an empty window observes nothing: the incident neither goes on nor ends
+        if follow and b.incident_windows >= self.config.incident_max_windows:
+            # it has lasted too long to be news: the incident is closed, what follows is learned
+            b.incident_end_ns, b.incident_templates, b.incident_windows = 0, {}, 0
+            return
+        continuing = bool(not flagged and follow and self._elevated(b, w))
+        if not (flagged or continuing):
             b.incident_end_ns, b.incident_templates, b.incident_windows = 0, {}, 0
             return
         if not follow:  # a new incident
@@ -689,11 +700,13 @@ class Tier0Detector:
                     continue
                 b.incident_templates[t] = self._novel_prior(w, t)
 
-    @staticmethod
-    def _follow_on(b: _Baseline, w: Window) -> bool:
-        """An open incident: the previous tumbling window of this service was flagged and this
-        window follows it directly (no empty window, no gap)."""
-        return w.kind == "tumbling" and b.incident_end_ns != 0 and w.start_ns == b.incident_end_ns
+    def _follow_on(self, b: _Baseline, w: Window) -> bool:
+        """An open incident: the last window of this service with lines was flagged (or continued
+        the incident) and this window starts within `incident_grace_s` of its end. Silence is not
+        recovery: empty windows in between neither extend nor end the incident."""
+        if w.kind != "tumbling" or b.incident_end_ns == 0:
+            return False
+        return 0 <= w.start_ns - b.incident_end_ns <= self.config.incident_grace_s * 1e9
 
     def _first_window(self, b: _Baseline, w: Window) -> _Problem | None:
         """The first window of a service never seen before has no baseline, so only what it says
