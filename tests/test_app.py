@@ -241,12 +241,18 @@ def test_config_errors_name_key_and_line(tmp_path: Path) -> None:
     assert cfg["otlp"]["max_recv_msg_size_mib"] == 8 and cfg["server"]["llm"] == "off"
 
 
+def group_members(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid, g in zip(out[::2], out[1::2], strict=True) if int(g) == pgid]
+
+
 def test_serve_process_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     grpc_port, http_port, api_port = free_ports(3)
     proc = subprocess.Popen(
         [sys.executable, "-m", "receiver", "serve", "--llm", "off", "--data-dir", str(tmp_path / "var"),
          "--otlp-grpc", f"127.0.0.1:{grpc_port}", "--otlp-http", f"127.0.0.1:{http_port}",
-         "--http", f"127.0.0.1:{api_port}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+         "--http", f"127.0.0.1:{api_port}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         ready = None
@@ -258,8 +264,16 @@ def test_serve_process_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> No
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.2)
         assert ready == {"ready": True, "detail": "ok"}, proc.stdout.read().decode() if proc.poll() else ready
-        proc.send_signal(signal.SIGTERM)
+        # systemd, Ctrl-C and `timeout` signal the whole process group, the span child included:
+        # the parent must still shut down in order, restart nothing, and leave no process behind.
+        os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0
+        out = proc.stdout.read().decode()
+        assert "died" not in out and "restart" not in out, out
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and group_members(proc.pid):
+            time.sleep(0.2)
+        assert group_members(proc.pid) == [], "processes left behind in the serve process group"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -210,7 +210,10 @@ def _child_main(conn_in: Connection, conn_out: Connection, reads_in: Connection 
                 reads_out: Connection | None = None) -> None:
     """Entry point of the child process: read messages in order, answer calls, ack processed data."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s spanproc-child %(levelname)s %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole group; the parent shuts us down
+    # Ctrl-C, systemd and `timeout` signal the whole process group: the parent shuts us down in order
+    # (drain, flush) and a dead parent closes our input pipe, which ends us too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     graph_config, signals_config = pickle.loads(conn_in.recv_bytes())  # signals_config None: no signals
     from receiver.graph.graph import ServiceGraph
     from receiver.rca.signals import SpanSignals
