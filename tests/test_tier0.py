@@ -530,6 +530,10 @@ def test_silence_is_not_recovery_within_the_incident_grace() -> None:
     a = det.assess(win(205, counts | {9: 2}, {9: 2}))  # 4 windows of silence later: still the incident
     check_contract(a, "novel_template")
     assert "ongoing incident" in a.finding.body  # type: ignore[union-attr]
+    # a different new failure after a silence is news of its own (not the incident's aftermath)
+    other = det.assess(win(207, counts | {11: 1}, {11: 1}))
+    check_contract(other, "novel_template")
+    assert "follow-on" not in other.finding.body  # type: ignore[union-attr]
     # more silence than the grace: the incident is over, the (now known) failure is not news
     assert not det.assess(win(220, counts | {9: 2}, {9: 2})).flagged
     with pytest.raises(ConfigError):

@@ -26,15 +26,15 @@ Dumped state is not an event: a template that only prints fields (`name.........
 error bursts are counted in event lines: a burst made of dumped fields is capped at 0.5 as well.
 An incident is not re-reported for its aftermath: when the last tumbling window of a service that had
 lines was flagged and this one starts within `incident_grace_s` (1 h) of its end (silence is not
-recovery: empty windows neither extend nor end an incident), its new templates are the incident's detail
-(the rest of a dump, follow-on errors) and their novelty is capped at `severity_only_cap`; it is flagged
-again only by a continuing burst or when the incident's OWN new failure (a failure-naming template first
-seen in it) recurs with more error lines than the service's usual error share explains (Poisson p <=
-0.05): that template is still news against the history before the incident, so it keeps its novelty
-prior (for at most `incident_max_windows` windows; a service that always logs errors never chains such
-findings). A window following the incident with still elevated errors (Poisson p <= 0.05), even too few
-to flag, keeps it open; windows of an open incident are not learned by the EWMAs (a storm split over
-many small windows does not become the new normal).
+recovery: empty windows neither extend nor end an incident), the new templates of the window directly
+after it are the incident's detail (the rest of a dump, follow-on errors) and their novelty is capped at
+`severity_only_cap`; it is flagged again only by a continuing burst or when the incident's OWN new
+failure (a failure-naming template first seen in it) recurs with more error lines than the service's
+usual error share explains (Poisson p <= 0.05): that template is still news against the history before
+the incident, so it keeps its novelty prior (for at most `incident_max_windows` windows; a service that
+always logs errors never chains such findings). A window following the incident with still elevated
+errors (Poisson p <= 0.05), even too few to flag, keeps it open; windows of an open incident are not
+learned by the EWMAs (a storm split over many small windows does not become the new normal).
 A never-seen service's FIRST window is judged despite the warm-up when at least half of its lines are
 error/fatal lines naming a failure (it introduced itself with failures: a crash loop after a deploy);
 any other warm-up window only learns.
@@ -596,7 +596,8 @@ class Tier0Detector:
         novel = [t for t in w.template_counts if t >= 0 and t not in seen]
         # an open incident: its new templates are the incident's own detail (the rest of a dump,
         # follow-on errors), listed but not reported again; only the burst can say it goes on
-        follow_on = self._follow_on(b, w)
+        # (only in the window directly after it: after a silence a new failure is news again)
+        follow_on = self._follow_on(b, w) and w.start_ns == b.incident_end_ns
         rare: list[int] = []
         if w.kind == "session" and cfg.rare_session_share > 0:
             # a warn/error template seen in only a few earlier sessions is still news for a session
