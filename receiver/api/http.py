@@ -128,7 +128,15 @@ class ApiServer:
     # --- handlers -------------------------------------------------------------------------
     async def page(self, request: web.Request) -> web.StreamResponse:
         if PAGE.exists():
-            return web.FileResponse(PAGE)
+            # The same policy as the page's meta tag, as a header too (defence in depth): inline code
+            # only from the page itself, requests only to this origin, no framing.
+            return web.FileResponse(PAGE, headers={
+                "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; "
+                "form-action 'none'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            })
         return web.Response(text="llm-log-analyzer: see /api/v1/graph and /api/v1/findings\n")
 
     async def health(self, request: web.Request) -> web.Response:
