@@ -4,11 +4,12 @@ Why: the gRPC event loop, validation and the ingest queue hold the GIL of the ma
 the service graph (~2 us/span) and the RCA span signals in the same process leaves ingest a fraction of
 one core. The child runs `ServiceGraph` and `SpanSignals` on the second core.
 
-Data path (one-way, ordered): `consume_traces(req)` sends `b"T" + req.SerializeToString()` over a pipe;
-the child decodes once and calls `graph.consume_traces` and `signals.consume_traces`. `consume_logs`
-sends only the log records `SpanSignals.consume_logs` can use (severity >= WARN); a request without any
-is not sent at all. Several requests are NOT batched into one message: with the OTLP exporters' usual
-batches (hundreds of spans) one pipe write per request is a small share of the cost.
+Data path (one-way, ordered): `consume_traces(req, raw=...)` sends `b"T"` + the request's wire bytes as
+the receiver got them (`raw`, when validation kept every span) or else `req.SerializeToString()` over a
+pipe; the child decodes once and calls `graph.consume_traces` and `signals.consume_traces`.
+`consume_logs` sends only the log records `SpanSignals.consume_logs` can use (severity >= WARN); a
+request without any is not sent at all. Several requests are NOT batched into one message: with the OTLP
+exporters' usual batches (hundreds of spans) one pipe write per request is a small share of the cost.
 
 Flow control: the parent counts the bytes sent and not yet acknowledged by the child (the child acks
 after processing, coalesced). `consume_*` BLOCKS while `capacity_bytes` are in flight (a message larger
