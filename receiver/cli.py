@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from receiver.errors import ConfigError
 from receiver.llm.modelfile import ModelNotInstalledError
+from receiver.sim.faults import FAULT_KINDS
 
 
 def _add_serve_flags(p: argparse.ArgumentParser) -> None:
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo",
                           help="start the analyzer and a simulated microservice system, inject a fault")
-    demo.add_argument("--fault", default=None, help="fault kind (default: database down)")
+    demo.add_argument("--fault", default=None, choices=FAULT_KINDS, help="fault kind (default: db_down)")
     demo.add_argument("--service", default=None, help="service to inject the fault into")
     demo.add_argument("--llm", metavar="off|local|URL", default=None)
     return parser
