@@ -150,15 +150,12 @@ class App:
 
     # --- construction helpers ---------------------------------------------------------------
     def _build_analyst(self, findings_consumer: LateBound) -> Any:
-        mode = self.config.server.llm
-        if mode == "off":
-            return None
         from receiver.llm.analyst import LlmAnalyst
+        from receiver.llm.config import LlmConfig
 
-        llm = self.config.llm
-        if mode != "local":
-            llm.tier1.kind = "openai"
-            llm.tier1.base_url = mode
+        llm = LlmConfig.from_flag(self.config.server.llm, self.config.llm)  # None: --llm off
+        if llm is None:
+            return None
         return LlmAnalyst(llm, findings_consumer, self.registry, known_services=self._known_services,
                           audit=self.store.record_llm_call)
 

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--json", action="store_true")
     ea.add_argument("--llm", metavar="off|local|URL", default=None,
                     help="also run the LLM cascade and compare with sending every window to the LLM")
+    ea.add_argument("--window-s", type=float, default=3600.0,
+                    help="window size in seconds for a labelled raw log (default 3600)")
     er = ev_sub.add_parser("rca", help="root-cause accuracy on simulated fault cases")
     er.add_argument("--cases", type=int, default=20)
     er.add_argument("--seed", type=int, default=1)
@@ -107,9 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return run_parsing(args.data, args.json)
             if args.eval_command == "anomaly":
-                from receiver.eval.anomaly import run as run_anomaly
+                if args.llm in (None, "off"):
+                    from receiver.eval.anomaly import run as run_anomaly
 
-                return run_anomaly(args.data, args.json, llm=args.llm)
+                    return run_anomaly(args.data, args.json, window_s=args.window_s)
+                from receiver.llm.evalmode import run as run_cascade_eval
+
+                return run_cascade_eval(args.data, args.json, args.llm, window_s=args.window_s)
             if args.eval_command == "rca":
                 from receiver.eval.rca import run as run_rca
 

@@ -277,3 +277,28 @@ def test_serve_process_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> No
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def test_eval_commands_through_the_cli() -> None:
+    assert DATASETS.is_dir(), f"datasets folder missing: {DATASETS} (../shared/datasets beside the repo)"
+    r = subprocess.run([sys.executable, "-m", "receiver", "eval", "anomaly", "--data",
+                        str(DATASETS / "anomaly" / "BGL_half1" / "BGL_half1.log"), "--json"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"precision", "recall", "f1", "items"} <= set(out) and out["items"] == 160
+    assert out["f1"] >= 0.9
+    r = subprocess.run([sys.executable, "-m", "receiver", "eval", "parsing", "--data",
+                        str(DATASETS / "loghub_2k"), "--json"], capture_output=True, text=True, cwd=REPO,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["systems"]) == 12
+    assert {"system", "ga", "fga", "pa", "templates", "lines_per_s"} <= set(out["systems"][0])
+    assert out["average"]["ga"] >= 0.93 and out["average"]["fga"] >= 0.85 and out["average"]["pa"] >= 0.6
+    r = subprocess.run([sys.executable, "-m", "receiver", "eval", "anomaly", "--data", "/nonexistent"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2 and "nonexistent" in r.stderr
