@@ -19,6 +19,7 @@ evictions are counted in Prometheus metrics.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import OrderedDict, deque
@@ -103,6 +104,8 @@ class _Trace:
     last_end: int = 0
     first_start: int = 0
     last_wall: float = 0.0  # monotonic time of the last span received
+    born: int = 0  # arrival order (expired traces are analysed in it)
+    seq: int = 0  # version of its current expiry-heap entry (older entries are stale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,13 @@ class SpanSignals:
         self._idle_ns = int(cfg.trace_idle_s * 1e9)
         self._lock = threading.RLock()
         self._traces: OrderedDict[bytes, _Trace] = OrderedDict()
+        # expiry index: each buffered trace has one current entry, in _by_end (last_end, seq, id) until
+        # its last end is older than the event-time bound, then in _by_wall (last_wall, seq, id) until
+        # its last arrival is older than the wall-time bound; entries of updated or gone traces are
+        # stale (seq differs) and dropped when met or when the heaps are compacted
+        self._by_end: list[tuple[int, int, bytes]] = []
+        self._by_wall: list[tuple[float, int, bytes]] = []
+        self._seq = 0
         self._nodes: OrderedDict[str, _Series] = OrderedDict()
         self._edges: OrderedDict[tuple[str, str], _Series] = OrderedDict()
         self._edge_type: dict[tuple[str, str], str] = {}
@@ -239,68 +249,112 @@ class SpanSignals:
     def consume_traces(self, request: ExportTraceServiceRequest) -> None:
         cfg = self.config
         wall = self._clock()
+        peer_rank: dict[str, int] = {}
+        for i, k in enumerate(cfg.peer_attributes):
+            peer_rank.setdefault(k, i)
+        max_spans = cfg.max_spans_per_trace
+        max_traces = cfg.max_traces
+        traces = self._traces
+        get_trace = traces.get
+        touched: dict[bytes, _Trace] = {}
+        n_ok = n_bad = 0
         with self._lock:
-            for rs in request.resource_spans:
-                service = _attr_str(rs.resource.attributes, ["service.name"]) or "unknown_service"
-                version = _attr_str(rs.resource.attributes, ["service.version"])
-                if service not in self._instrumented:
-                    if len(self._instrumented) >= cfg.max_nodes:
-                        self._instrumented.pop(next(iter(self._instrumented)))
-                        self.m_evicted.labels("service").inc()
-                    self._instrumented[service] = None
-                first = True
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        if first and version:
-                            first = False
-                            self._note_version(service, version, s.start_time_unix_nano)
-                        if len(s.trace_id) != 16 or len(s.span_id) != 8 or s.end_time_unix_nano == 0:
-                            self.m_bad.inc()
-                            continue
-                        self.m_spans.inc()
-                        msg = s.status.message
-                        if s.status.code == ERR:
-                            for ev in s.events:
-                                if ev.name == "exception":
-                                    m = _attr_str(ev.attributes, ["exception.message"])
-                                    if m and m not in msg:
-                                        msg = f"{msg}; {m}" if msg else m
-                        peer = ""
-                        if s.kind in (K_CLIENT, K_PRODUCER):
-                            peer = _attr_str(s.attributes, cfg.peer_attributes)
-                        sp = _Sp(
-                            service=service,
-                            span_id=bytes(s.span_id),
-                            parent_id=bytes(s.parent_span_id),
-                            kind=s.kind,
-                            start=s.start_time_unix_nano,
-                            end=max(s.end_time_unix_nano, s.start_time_unix_nano),
-                            error=s.status.code == ERR
-                            or (s.status.code == UNSET and _attr_error(s.attributes)),
-                            message=msg[:300],
-                            peer=peer,
-                            messaging=bool(_attr_str(s.attributes, ["messaging.system"])),
-                        )
-                        tid = bytes(s.trace_id)
-                        tr = self._traces.get(tid)
-                        if tr is None:
-                            tr = _Trace()
-                            self._traces[tid] = tr
-                            if len(self._traces) > cfg.max_traces:
-                                old_id, old = self._traces.popitem(last=False)
-                                self.m_evicted.labels("trace").inc()
-                                self._analyse(old_id, old)
-                        if len(tr.spans) >= cfg.max_spans_per_trace:
-                            self.m_evicted.labels("span").inc()
-                            continue
-                        tr.spans.append(sp)
-                        tr.last_end = max(tr.last_end, sp.end)
-                        tr.first_start = sp.start if not tr.first_start else min(tr.first_start, sp.start)
-                        tr.last_wall = wall
-                        if sp.end > self._watermark:
-                            self._watermark = sp.end
-            self._expire(self._watermark - self._idle_ns)
-            self.m_inflight.set(len(self._traces))
+            wm = self._watermark
+            try:
+                for rs in request.resource_spans:
+                    rattrs = rs.resource.attributes
+                    service = _attr_str(rattrs, ["service.name"]) or "unknown_service"
+                    version = _attr_str(rattrs, ["service.version"])
+                    if service not in self._instrumented:
+                        if len(self._instrumented) >= cfg.max_nodes:
+                            self._instrumented.pop(next(iter(self._instrumented)))
+                            self.m_evicted.labels("service").inc()
+                        self._instrumented[service] = None
+                    first = True
+                    for ss in rs.scope_spans:
+                        for s in ss.spans:
+                            start = s.start_time_unix_nano
+                            if first and version:
+                                first = False
+                                self._note_version(service, version, start)
+                            tid = s.trace_id
+                            span_id = s.span_id
+                            end = s.end_time_unix_nano
+                            if len(tid) != 16 or len(span_id) != 8 or end == 0:
+                                n_bad += 1
+                                continue
+                            n_ok += 1
+                            st = s.status
+                            code = st.code
+                            msg = st.message
+                            kind = s.kind
+                            if code == ERR:
+                                error = True
+                                for ev in s.events:
+                                    if ev.name == "exception":
+                                        m = _attr_str(ev.attributes, ["exception.message"])
+                                        if m and m not in msg:
+                                            msg = f"{msg}; {m}" if msg else m
+                            else:
+                                error = False
+                            peer = ""
+                            messaging = False
+                            need_peer = kind == K_CLIENT or kind == K_PRODUCER
+                            check_err = code == UNSET
+                            if need_peer or check_err:
+                                # one pass over the attributes: peer name (precedence of peer_attributes,
+                                # the last non-empty value of a key), messaging.system, failure marks
+                                best = len(peer_rank)
+                                for kv in s.attributes:
+                                    k = kv.key
+                                    if need_peer:
+                                        r = peer_rank.get(k)
+                                        if r is not None and r <= best:
+                                            sv = kv.value.string_value
+                                            if sv:
+                                                best, peer = r, sv
+                                        if k == "messaging.system" and kv.value.string_value:
+                                            messaging = True
+                                    if check_err and _attr_error((kv,)):
+                                        error = True
+                                        check_err = False
+                            if end < start:
+                                end = start
+                            sp = _Sp(service, span_id, s.parent_span_id, kind, start, end, error,
+                                     msg[:300], peer, messaging)
+                            tr = get_trace(tid)
+                            if tr is None:
+                                tr = _Trace()
+                                self._seq += 1
+                                tr.born = self._seq
+                                traces[tid] = tr
+                                if len(traces) > max_traces:
+                                    old_id, old = traces.popitem(last=False)
+                                    self.m_evicted.labels("trace").inc()
+                                    self._analyse(old_id, old)
+                            spans = tr.spans
+                            if len(spans) >= max_spans:
+                                self.m_evicted.labels("span").inc()
+                                continue
+                            spans.append(sp)
+                            if end > tr.last_end:
+                                tr.last_end = end
+                            fs = tr.first_start
+                            if not fs or start < fs:
+                                tr.first_start = start
+                            tr.last_wall = wall
+                            touched[tid] = tr
+                            if end > wm:
+                                wm = end
+            finally:
+                self._watermark = wm
+                if n_ok:
+                    self.m_spans.inc(n_ok)
+                if n_bad:
+                    self.m_bad.inc(n_bad)
+                self._index(touched)
+            self._expire(wm - self._idle_ns)
+            self.m_inflight.set(len(traces))
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
         """Error/warn log counts per service bucket, and recent error lines as evidence."""
@@ -341,12 +395,61 @@ class SpanSignals:
             self.m_inflight.set(len(self._traces))
 
     # --- internals -----------------------------------------------------------------------
+    def _index(self, touched: dict[bytes, _Trace]) -> None:
+        """New expiry entries for the traces a request added spans to."""
+        traces = self._traces
+        by_end = self._by_end
+        push = heapq.heappush
+        for tid, tr in touched.items():
+            if traces.get(tid) is tr:  # not analysed early (max_traces) in the same request
+                self._seq += 1
+                tr.seq = self._seq
+                push(by_end, (tr.last_end, self._seq, tid))
+        # stale entries pile up when event time stalls: compact (amortised O(1) per entry)
+        limit = 2 * len(traces) + 1024
+        if len(by_end) > limit:
+            self._by_end = [e for e in by_end if (t := traces.get(e[2])) is not None and t.seq == e[1]]
+            heapq.heapify(self._by_end)
+        if len(self._by_wall) > limit:
+            self._by_wall = [e for e in self._by_wall
+                             if (t := traces.get(e[2])) is not None and t.seq == e[1]]
+            heapq.heapify(self._by_wall)
+
     def _expire(self, before_ns: int | None) -> None:
+        """Analyse the traces whose last span ended before `before_ns` (event time) and arrived at
+        least trace_wall_idle_s ago (None: all), in arrival order. Touches only traces that pass
+        the event-time bound (through the heaps), not every buffered trace."""
         wall_before = self._clock() - self.config.trace_wall_idle_s
-        done = [tid for tid, tr in self._traces.items()
-                if before_ns is None or (tr.last_end < before_ns and tr.last_wall <= wall_before)]
-        for tid in done:
-            self._analyse(tid, self._traces.pop(tid))
+        traces = self._traces
+        if before_ns is None:
+            for tid in list(traces):
+                self._analyse(tid, traces.pop(tid))
+            self._by_end.clear()
+            self._by_wall.clear()
+            return
+        by_end, by_wall = self._by_end, self._by_wall
+        pop, push = heapq.heappop, heapq.heappush
+        while by_end and by_end[0][0] < before_ns:
+            _, seq, tid = pop(by_end)
+            tr = traces.get(tid)
+            if tr is not None and tr.seq == seq:
+                push(by_wall, (tr.last_wall, seq, tid))
+        done: list[tuple[int, bytes]] = []
+        back: list[tuple[int, int, bytes]] = []
+        while by_wall and by_wall[0][0] <= wall_before:
+            _, seq, tid = pop(by_wall)
+            tr = traces.get(tid)
+            if tr is None or tr.seq != seq:
+                continue
+            if tr.last_end < before_ns:
+                done.append((tr.born, tid))
+            else:  # an earlier call had a later event-time bound
+                back.append((tr.last_end, seq, tid))
+        for e in back:
+            push(by_end, e)
+        done.sort()
+        for _, tid in done:
+            self._analyse(tid, traces.pop(tid))
 
     def _note_version(self, service: str, version: str, t_ns: int) -> None:
         prev = self._versions.get(service)
