@@ -47,6 +47,8 @@ PEER_ATTRIBUTES = (
     "db.namespace", "db.name", "db.system.name", "db.system",
 )
 
+_ERROR_KEYS = frozenset(("error", "http.status_code", "http.response.status_code"))  # read by _attr_error
+
 # node bucket slots
 N_CALLS, N_ERRORS, N_LAT, N_SELF, N_SELF_N, N_DEEP, N_LOG_ERR, N_LOG_WARN = range(8)
 N_SLOTS = 8
@@ -315,7 +317,7 @@ class SpanSignals:
                                                 best, peer = r, sv
                                         if k == "messaging.system" and kv.value.string_value:
                                             messaging = True
-                                    if check_err and _attr_error((kv,)):
+                                    if check_err and k in _ERROR_KEYS and _attr_error((kv,)):
                                         error = True
                                         check_err = False
                             if end < start:
@@ -518,6 +520,7 @@ class SpanSignals:
         whose span kinds are unset still yield edges and exclusive times."""
         self.m_traces.inc()
         cap, ev = self.config.max_buckets, self.m_evicted
+        bns = self._bucket_ns
         by_id = {s.span_id: s for s in tr.spans}
         children: dict[bytes, list[_Sp]] = {}
         for s in tr.spans:
@@ -540,7 +543,7 @@ class SpanSignals:
 
         for sp in tr.spans:
             dur = sp.end - sp.start
-            kids = children.get(sp.span_id, [])
+            kids = children.get(sp.span_id, ())
             parent = by_id.get(sp.parent_id) if sp.parent_id else None
             entry = sp.kind in (K_SERVER, K_CONSUMER) or (
                 sp.kind not in (K_CLIENT, K_PRODUCER) and (parent is None or parent.service != sp.service))
@@ -548,21 +551,24 @@ class SpanSignals:
                 node = self._node(sp.service)
                 if node is None:
                     continue
-                b = self._b(sp.start)
+                b = sp.start // bns * bns
                 row = node.slot(b, cap, ev)
                 row[N_CALLS] += 1
                 row[N_ERRORS] += sp.error
                 row[N_LAT] += dur
                 # exclusive time: minus the time spent in this service's outgoing calls
-                calls: list[tuple[int, int]] = []
-                stack = list(kids)
-                while stack:
-                    c = stack.pop()
-                    if c.service != sp.service or c.kind in (K_CLIENT, K_PRODUCER):
-                        calls.append((c.start, c.end))
-                    else:
-                        stack.extend(children.get(c.span_id, ()))
-                self_ns = max(0, dur - _union_len(calls, sp.start, sp.end))
+                if kids:
+                    calls: list[tuple[int, int]] = []
+                    stack = list(kids)
+                    while stack:
+                        c = stack.pop()
+                        if c.service != sp.service or c.kind in (K_CLIENT, K_PRODUCER):
+                            calls.append((c.start, c.end))
+                        else:
+                            stack.extend(children.get(c.span_id, ()))
+                    self_ns = max(0, dur - _union_len(calls, sp.start, sp.end))
+                else:
+                    self_ns = dur  # >= 0: end >= start
                 row[N_SELF] += self_ns
                 row[N_SELF_N] += 1
                 node.exemplar(b, self_ns, trace_id, sp.span_id)
@@ -571,7 +577,7 @@ class SpanSignals:
                     client_like = parent.kind in (K_CLIENT, K_PRODUCER)
                     ctype = "messaging_system" if parent.kind == K_PRODUCER or sp.kind == K_CONSUMER else ""
                     eseries = self._edge(parent.service, sp.service, ctype)
-                    cb = self._b(parent.start)
+                    cb = parent.start // bns * bns
                     erow = eseries.slot(cb, cap, ev)
                     erow[E_CALLS] += 1
                     erow[E_ERRORS] += sp.error or (client_like and parent.error)
@@ -592,7 +598,7 @@ class SpanSignals:
                     if peer not in self._instrumented:
                         self._virtual.add(peer)
                     ctype = "database" if not sp.messaging else "messaging_system"
-                    b = self._b(sp.start)
+                    b = sp.start // bns * bns
                     erow = self._edge(sp.service, peer, ctype).slot(b, cap, ev)
                     erow[E_CALLS] += 1
                     erow[E_ERRORS] += sp.error
@@ -619,7 +625,7 @@ class SpanSignals:
                         blame = self._canon(sp)
                 node = self._node(blame)
                 if node is not None:
-                    node.slot(self._b(sp.start), cap, ev)[N_DEEP] += 1
+                    node.slot(sp.start // bns * bns, cap, ev)[N_DEEP] += 1
                 self._add_sample(self._span_samples, Sample(
                     blame, sp.end, trace_id.hex(), sp.span_id.hex(),
                     f"{sp.service} span failed: {sp.message or 'status ERROR'}"))
@@ -628,7 +634,8 @@ class SpanSignals:
                     low = sp.message.lower()
                     for callee in self._called_services(sp, children):
                         if callee.lower() in low:
-                            self._edge(sp.service, callee, "").slot(self._b(sp.start), cap, ev)[E_BLAMED] += 1
+                            eb = sp.start // bns * bns
+                            self._edge(sp.service, callee, "").slot(eb, cap, ev)[E_BLAMED] += 1
                             break
 
     def _canon(self, sp: _Sp) -> str:
