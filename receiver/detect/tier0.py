@@ -93,6 +93,7 @@ DEFAULT_ERROR_WORDS = [
 _SEV_PRIOR = {"fatal": 0.9, "error": 0.8, "warn": 0.6}
 _TEXT_CACHE_MAX = 8192  # template texts whose error words / field-line shape are cached
 _MAX_INCIDENT_TEMPLATES = 64
+A_OCCURRENCES = "anomaly.occurrences"  # int: windows this finding counts (collapsed duplicates included)
 
 
 @dataclass
@@ -137,6 +138,13 @@ class DetectConfig(StageConfig):
     incident_max_windows: int = 60
     # silence up to this long does not end an incident (a window with lines and no elevated errors does)
     incident_grace_s: float = 3600.0
+    # collapse (see `Tier0Detector` docstring, "Collapsing"): session findings of one service with the
+    # same problem signature within one event-time period of this many seconds become one finding
+    # (0 disables); at most `collapse_max_groups` open groups (oldest closed early), trace ids kept
+    # per group `collapse_max_trace_ids`, evidence lines `max_evidence`
+    collapse_period_s: float = 60.0
+    collapse_max_groups: int = 10_000
+    collapse_max_trace_ids: int = 20
 
     def validate(self) -> None:
         super().validate()
@@ -148,7 +156,7 @@ class DetectConfig(StageConfig):
                 "detect.inv_min_hold", f"must be in [0.5, 1), got {self.inv_min_hold!r}")
         for key in ("warmup_windows", "warmup_sessions", "min_errors", "shift_min_count", "seq_min_support",
                     "inv_templates", "inv_min_support", "max_pairs_per_service", "max_entries_total",
-                    "incident_max_windows",
+                    "incident_max_windows", "collapse_max_trace_ids",
                     "max_hist_templates",
                     "max_services", "max_templates_per_service", "max_transitions_per_service",
                     "max_evidence"):
@@ -163,6 +171,10 @@ class DetectConfig(StageConfig):
                 f"must be an integer >= 0, got {self.family_tokens!r}")
         require(isinstance(self.incident_grace_s, (int, float)) and self.incident_grace_s >= 0,
                 "detect.incident_grace_s", f"must be a number of seconds >= 0, got {self.incident_grace_s!r}")
+        require(isinstance(self.collapse_period_s, (int, float)) and self.collapse_period_s >= 0,
+                "detect.collapse_period_s",
+                f"must be a number of seconds >= 0, got {self.collapse_period_s!r}")
+        positive(self.collapse_max_groups, "detect.collapse_max_groups")
         for key in ("surprise_slope", "seq_smoothing"):
             positive(getattr(self, key), f"detect.{key}")
         require(isinstance(self.error_words, list), "detect.error_words", "must be a list of words")
@@ -180,6 +192,10 @@ class Assessment:
     finding: Finding | None = None
     reasons: list[str] = field(default_factory=list)
     problem: str = ""  # the anomaly type of the strongest problem ("" when none)
+    # collapse: the id of the finding this window's problem was counted into; set on suppressed
+    # duplicates (then flagged=False and finding=None; the score stays) and on summaries
+    duplicate_of: str = ""
+    summary: bool = False  # a collapse summary: `finding` counts the occurrences of `duplicate_of`
 
 
 class AssessmentsConsumer(Protocol):
@@ -396,10 +412,51 @@ class _Problem:
     severity: str
     explanation: str
     templates: list[int] = field(default_factory=list)  # templates to show first as evidence
+    signature: tuple[int, ...] = ()  # what made it anomalous (collapse key); default: templates[:1]
+
+
+@dataclass
+class _Group:
+    """Session findings of one service with one problem signature in one period (see Collapsing)."""
+
+    first: Finding
+    period_end_ns: int
+    count: int = 1
+    start_ns: int = 0
+    end_ns: int = 0
+    trace_ids: list[str] = field(default_factory=list)
+    extra_evidence: list[str] = field(default_factory=list)  # a line from each of the next few occurrences
 
 
 class Tier0Detector:
-    """Scores windows against per-service baselines; passes `Assessment`s to `next`."""
+    """Scores windows against per-service baselines; passes `Assessment`s to `next`.
+
+    Collapsing (`collapse_period_s`, default 60 s, aligned to the epoch in EVENT time, by the
+    window's start): during an incident every failing request's trace session shows the same problem,
+    and one finding per trace would page hundreds of times. A problem's signature is (anomaly type,
+    the templates or transition that made it anomalous: the strongest template for novel templates
+    and bursts, the (previous, next) transition or the invariant's template pair for sequences).
+      * trace-id sessions (`key_kind` "trace_id"): the FIRST session of a service with a signature in
+        a period is reported at once (`anomaly.occurrences` = 1: the first page is not delayed); the
+        later ones in that period are suppressed (their `Assessment` goes downstream with
+        `flagged=False`, `finding=None`, `duplicate_of` = the first finding's id) and counted. When the
+        period is over (the service's windows have reached one more period past its end, on event
+        time), on `flush()`, or when the group is evicted, a group with more than one occurrence is
+        reported ONCE more as a summary: a copy of the first finding with a new id, `anomaly.occurrences`
+        = all of them, `anomaly.update_of` = the first finding's id, the window span covering them all,
+        the first `collapse_max_trace_ids` trace ids (`anomaly.trace_ids`) and an exemplar of each of
+        the next few occurrences as extra evidence. A burst costs at most two findings per period.
+      * a service's tumbling window is reported as before (at most one per period) and opens the group
+        for its signature when none is open: trace sessions of the same period with that signature
+        are then duplicates of it.
+      * regex-keyed sessions (`key_kind` "regex", e.g. HDFS block ids) name distinct entities: each
+        key keeps its own finding; only repeats of the same key and signature in a period collapse,
+        and a tumbling finding does not suppress them.
+    Open groups are capped at `collapse_max_groups` (the oldest is closed early, its summary emitted,
+    counted in `tier0_baseline_evictions{reason="collapse_groups"}`); suppressed windows are counted
+    in `tier0_collapsed_total{type}`. A session of a period whose group was already closed (a very
+    late or very long session) opens a new group.
+    """
 
     def __init__(self, config: DetectConfig | None, next: AssessmentsConsumer | None = None,
                  registry: CollectorRegistry | None = None) -> None:
@@ -424,6 +481,14 @@ class Tier0Detector:
                                  registry=registry)
         self.m_services = Gauge("tier0_services", "Services with a baseline", registry=registry)
         self._window_children = {k: self.m_windows.labels(k) for k in ("tumbling", "session")}
+        self.m_collapsed = Counter("tier0_collapsed", "Flagged windows counted into an earlier finding "
+                                   "of the same problem instead of reported", ["type"], registry=registry)
+        self.m_summaries = Counter("tier0_collapse_summaries", "Summary findings of collapsed problems",
+                                   registry=registry)
+        self.m_groups = Gauge("tier0_collapse_groups", "Open collapse groups", registry=registry)
+        self._groups: OrderedDict[tuple[Any, ...], _Group] = OrderedDict()  # guarded by self._lock
+        self._wm: dict[str, int] = {}  # service -> latest window end seen (services with open groups)
+        self._summaries: list[Assessment] = []  # closed groups' summaries not yet handed downstream
         self._started = False
         self._text_cache: dict[str, tuple[list[str], bool]] = {}  # guarded by self._lock
 
@@ -437,6 +502,19 @@ class Tier0Detector:
     # ------------------------------------------------------------------ consuming
     def consume_windows(self, windows: Sequence[Window]) -> list[Assessment]:
         out = [self.assess(w) for w in windows]
+        with self._lock:
+            self._close_groups(force=False)
+            out += self._summaries
+            self._summaries = []
+        if out and self._next is not None:
+            self._next.consume_assessments(out)
+        return out
+
+    def flush(self) -> list[Assessment]:
+        """Close every collapse group now and hand the summaries downstream."""
+        with self._lock:
+            self._close_groups(force=True)
+            out, self._summaries = self._summaries, []
         if out and self._next is not None:
             self._next.consume_assessments(out)
         return out
@@ -449,17 +527,105 @@ class Tier0Detector:
             flagged = best is not None and best.confidence >= self.config.threshold
             self._learn(b, w, flagged)
             self._account(w.service, b)
+            if w.service in self._wm:  # event time of a service with open collapse groups
+                self._wm[w.service] = max(self._wm[w.service], w.end_ns)
         child = self._window_children.get(w.kind)
         (child if child is not None else self.m_windows.labels(w.kind)).inc()
         reasons = [f"{p.type} ({p.confidence:.2f}): {p.explanation}" for p in
                    sorted(problems, key=lambda p: -p.confidence)]
         score = best.confidence if best else 0.0
         finding = None
+        duplicate_of = ""
         if flagged and best is not None:
             self.m_flagged.labels(best.type).inc()
             finding = self._finding(w, best, problems)
+            if self.config.collapse_period_s > 0:
+                with self._lock:
+                    duplicate_of = self._collapse(w, best, finding)
+                if duplicate_of:
+                    self.m_collapsed.labels(best.type).inc()
+                    flagged, finding = False, None
+                    reasons.insert(0, f"collapsed: same problem as finding {duplicate_of} (counted there)")
         return Assessment(window=w, score=score, flagged=flagged, finding=finding, reasons=reasons,
-                          problem=best.type if best else "")
+                          problem=best.type if best else "", duplicate_of=duplicate_of)
+
+    # ------------------------------------------------------------------ collapsing
+    def _collapse(self, w: Window, best: _Problem, finding: Finding) -> str:
+        """Count a flagged window into its group; returns the id of the finding it duplicates ("" when
+        it is reported). Call with the lock held."""
+        period_ns = int(self.config.collapse_period_s * 1e9)
+        period = w.start_ns // period_ns
+        sig = best.signature or tuple(best.templates[:1])
+        entity = w.key if (w.kind == "session" and w.key_kind != "trace_id") else ""
+        key = (w.service, period, best.type, sig, entity)
+        self._wm[w.service] = max(self._wm.get(w.service, 0), w.end_ns)
+        g = self._groups.get(key)
+        if g is None or w.kind == "tumbling":
+            if g is None:
+                finding.attributes[A_OCCURRENCES] = 1
+                tids = list(w.error_trace_ids[:1]) or ([w.key] if w.key_kind == "trace_id" else [])
+                self._groups[key] = _Group(first=finding, period_end_ns=(period + 1) * period_ns, count=1,
+                                           start_ns=w.start_ns, end_ns=w.end_ns, trace_ids=tids)
+                while len(self._groups) > self.config.collapse_max_groups:
+                    _, old = self._groups.popitem(last=False)
+                    self.m_evicted.labels("collapse_groups").inc()
+                    self._summarise(old)
+                self.m_groups.set(len(self._groups))
+            else:  # a tumbling window after trace sessions of the same problem: reported, not merged
+                finding.attributes[A_OCCURRENCES] = 1
+            return ""
+        g.count += 1
+        g.start_ns = min(g.start_ns, w.start_ns)
+        g.end_ns = max(g.end_ns, w.end_ns)
+        tid = w.error_trace_ids[0] if w.error_trace_ids else (w.key if w.key_kind == "trace_id" else "")
+        if tid and tid not in g.trace_ids and len(g.trace_ids) < self.config.collapse_max_trace_ids:
+            g.trace_ids.append(tid)
+        if len(g.extra_evidence) < 3 and w.exemplars:
+            g.extra_evidence.append(f"occurrence {g.count}: {w.exemplars[0]}")
+        return g.first.id
+
+    def _close_groups(self, force: bool) -> None:
+        """Close the groups whose period is over (lock held): the service's windows reached one
+        period past its end (or `force`); their summaries are queued."""
+        period_ns = int(self.config.collapse_period_s * 1e9)
+        done = [k for k, g in self._groups.items()
+                if force or self._wm.get(k[0], 0) >= g.period_end_ns + period_ns]
+        for k in done:
+            self._summarise(self._groups.pop(k))
+        if done:
+            live = {k[0] for k in self._groups}
+            for svc in [s for s in self._wm if s not in live]:
+                del self._wm[svc]
+            self.m_groups.set(len(self._groups))
+
+    def _summarise(self, g: _Group) -> None:
+        """Queue the summary finding of a closed group with more than one occurrence."""
+        if g.count <= 1:
+            return
+        first = g.first
+        attrs = dict(first.attributes)
+        evidence = list(attrs.get(A_EVIDENCE) or [])[: self.config.max_evidence] + g.extra_evidence
+        attrs.update({
+            A_OCCURRENCES: g.count,
+            A_WINDOW_START: int(g.start_ns),
+            A_WINDOW_END: int(g.end_ns),
+            A_EVIDENCE: evidence,
+            "anomaly.trace_ids": list(g.trace_ids),
+            "anomaly.update_of": first.id,
+        })
+        service = str(attrs.get(A_SERVICE, ""))
+        body = (f"[collapsed] {g.count} occurrences of the same problem between window start "
+                f"{g.start_ns} and end {g.end_ns} (first reported as finding {first.id}): {first.body}")
+        finding = Finding(event_name=EVENT_ANOMALY, attributes=attrs, body=body, time_ns=g.end_ns,
+                          trace_id=first.trace_id, span_id=first.span_id)
+        w = Window(service=service, kind=str(attrs.get("anomaly.window.kind", "session")), key="",
+                   start_ns=g.start_ns, end_ns=g.end_ns, key_kind="summary")
+        self.m_summaries.inc()
+        self._summaries.append(Assessment(window=w, score=float(attrs.get(A_CONFIDENCE, 0.0) or 0.0),
+                                          flagged=True, finding=finding,
+                                          reasons=[f"collapse summary of {first.id}: {g.count} occurrences"],
+                                          problem=str(attrs.get(A_TYPE, "")), duplicate_of=first.id,
+                                          summary=True))
 
     # ------------------------------------------------------------------ scoring
     def _surprise_conf(self, p: float) -> float:
@@ -749,7 +915,7 @@ class Tier0Detector:
         names = "; ".join(f"#{t} = \"{w.templates[t][:100]}\"" for t in tids if t in w.templates)
         return _Problem("sequence", rate, "medium",
                         f"session {w.key} ({w.count} lines) breaks a count invariant: {why}"
-                        + (f" [{names}]" if names else ""), tids)
+                        + (f" [{names}]" if names else ""), tids, signature=(-10, *tids))
 
     def _seq_prob(self, b: _Baseline, ctx2: tuple[int, ...], ctx1: tuple[int, ...], nxt: int) -> float | None:
         cfg = self.config
@@ -792,7 +958,7 @@ class Tier0Detector:
             "sequence", conf, "medium",
             f"unusual order in session {w.key} ({w.count} lines): {what} "
             f"(learned P = {worst_p:.2g} from {b.sessions} sessions)",
-            [nxt] if nxt >= 0 else ([prev] if prev >= 0 else []))
+            [nxt] if nxt >= 0 else ([prev] if prev >= 0 else []), signature=(prev, nxt))
 
     # ------------------------------------------------------------------ learning
     def _learn(self, b: _Baseline, w: Window, flagged: bool) -> None:

@@ -285,6 +285,11 @@ class LlmAnalyst:
             else:
                 self._state.move_to_end(w.service)
             base = (st.base_error_share, st.base_count)
+            if getattr(a, "duplicate_of", ""):
+                # tier 0 collapsed it (a duplicate of, or the summary of, an earlier finding of the
+                # same problem): that finding already went to the model; a duplicate is not normal
+                # traffic either, so it is not learned; a summary's finding is forwarded as is
+                return None, base
             if a.flagged:
                 st.last_flag_end_ns = max(st.last_flag_end_ns, int(w.end_ns))
                 st.followups_left = c.incident_followup_max

@@ -232,6 +232,10 @@ class LogsStage:
         """Close every open window now and hand them to the windows consumer."""
         closed = self.windows.flush()
         self._emit(closed)
+        flush_next = getattr(self._next, "flush", None)  # the detector reports its pending collapses
+        if callable(flush_next):
+            with self._emit_lock:
+                flush_next()
         return closed
 
     def _emit(self, closed: list[Window]) -> None:

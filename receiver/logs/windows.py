@@ -161,6 +161,9 @@ class Window:
     first_ns: int = 0  # first / last event time seen inside
     last_ns: int = 0
     closed_by: str = ""  # watermark | gap | max_length | idle | flush | cap | empty
+    # sessions: what the key names, "trace_id" (one request: many keys show one problem) or "regex"
+    # (an entity such as an HDFS block: each key is its own subject); "" for tumbling windows
+    key_kind: str = ""
 
     @property
     def error_count(self) -> int:
@@ -392,7 +395,9 @@ class WindowManager:
         return []
 
     def _new_window(self, service: str, kind: str, key: str, start: int, end: int) -> _Open:
-        return _Open(Window(service=service, kind=kind, key=key, start_ns=start, end_ns=end))
+        key_kind = self.config.session_key if kind == "session" else ""
+        return _Open(Window(service=service, kind=kind, key=key, start_ns=start, end_ns=end,
+                            key_kind=key_kind))
 
     def _record(
         self,
