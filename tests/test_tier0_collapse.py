@@ -215,3 +215,37 @@ def test_llm_analyst_forwards_summary_and_skips_duplicates() -> None:
             assert analyst.route(a)[0] is None  # duplicates and summaries never cost a model call
     analyst.consume_assessments(sink.assessments)
     assert [f.attributes.get("anomaly.occurrences") for f in fs.findings] == [1, 4]
+
+
+def test_logs_stage_trace_sessions_collapse_and_flush_reports_the_summary() -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    from receiver.logs.stage import LogsConfig, LogsStage
+    from receiver.logs.windows import WindowsConfig
+
+    sink = Collect()
+    det = Tier0Detector(DetectConfig(warmup_sessions=0, rare_session_share=1.0), sink, CollectorRegistry())
+    stage = LogsStage(LogsConfig(windows=WindowsConfig(session_key="trace_id")), det, CollectorRegistry())
+    t0 = 1_700_000_040 * NS
+    records = [LogRecord(time_unix_nano=t0 + i * NS, severity_number=17, trace_id=bytes([i + 1] * 16),
+                         span_id=bytes([i + 1] * 8),
+                         body=AnyValue(string_value=f"db query failed: connection refused (attempt {i})"))
+               for i in range(10)]
+    records += [LogRecord(time_unix_nano=t0 + i * NS, severity_number=9, trace_id=bytes([i + 101] * 16),
+                          body=AnyValue(string_value="stock served")) for i in range(10)]
+    name = KeyValue(key="service.name", value=AnyValue(string_value="inventory"))
+    stage.consume_logs(ExportLogsServiceRequest(resource_logs=[ResourceLogs(
+        resource=Resource(attributes=[name]),
+        scope_logs=[ScopeLogs(log_records=records)])]))
+    stage.flush()  # closes the sessions, then the detector's groups
+    sessions = [a for a in sink.assessments if a.window.kind == "session" and not a.summary]
+    assert len(sessions) == 20 and all(a.window.key_kind == "trace_id" for a in sessions)
+    firsts = [a.finding for a in sessions if a.flagged and a.finding is not None]
+    assert len(firsts) == 1 and sum(1 for a in sessions if a.duplicate_of == firsts[0].id) == 9
+    summaries = [a.finding for a in sink.assessments if a.summary and a.finding is not None
+                 and a.duplicate_of == firsts[0].id]
+    assert len(summaries) == 1 and summaries[0].attributes["anomaly.occurrences"] == 10
+    assert len(summaries[0].attributes["anomaly.trace_ids"]) == 10  # type: ignore[arg-type]
