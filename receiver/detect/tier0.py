@@ -587,6 +587,8 @@ class Tier0Detector:
     def _close_groups(self, force: bool) -> None:
         """Close the groups whose period is over (lock held): the service's windows reached one
         period past its end (or `force`); their summaries are queued."""
+        if not self._groups:
+            return
         period_ns = int(self.config.collapse_period_s * 1e9)
         done = [k for k, g in self._groups.items()
                 if force or self._wm.get(k[0], 0) >= g.period_end_ns + period_ns]
