@@ -80,7 +80,7 @@ class AssessmentCounter:
         self.flagged = 0
 
     def consume_assessments(self, assessments: Sequence[Assessment]) -> None:
-        self.windows += len(assessments)
+        self.windows += sum(1 for a in assessments if not a.summary)  # collapse summaries are no windows
         self.flagged += sum(1 for a in assessments if a.flagged)
         self.next.consume_assessments(assessments)
 
