@@ -235,3 +235,19 @@ def test_expiry_order_and_earlier_bounds_match_full_scan() -> None:
     assert want[0][0] == [] and want[1][0] == []  # wall time holds them, then the earlier bound does
     assert want[2][0] == ["a", "b"]  # arrival order, not last-touched order
     assert want[3][0] == ["a", "b", "c"]
+
+
+def test_odd_http_status_strings_never_raise() -> None:
+    """Attribute values are client data: a status code string with non-ASCII digits ('²') or
+    garbage is not a failure mark and must not raise (it would lose the rest of the request)."""
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    def kv(value: str) -> list[KeyValue]:
+        k = KeyValue(key="http.status_code")
+        k.value.string_value = value
+        return [k]
+
+    assert _attr_error(kv("²")) is False
+    assert _attr_error(kv("5x0")) is False
+    assert _attr_error(kv("503")) is True
+    assert _attr_error(kv("404")) is False

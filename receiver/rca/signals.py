@@ -176,8 +176,10 @@ def _attr_error(attrs: Iterable) -> bool:
                 return True
         elif k in ("http.status_code", "http.response.status_code"):
             v = kv.value
+            text = v.string_value if v.HasField("string_value") else ""
+            # isdigit() alone admits digits int() rejects ('²'): client data must never raise here
             code = v.int_value if v.HasField("int_value") else (
-                int(v.string_value) if v.HasField("string_value") and v.string_value.isdigit() else 0)
+                int(text) if text.isascii() and text.isdigit() else 0)
             if code >= 500:
                 return True
     return False
