@@ -98,25 +98,27 @@ class App:
         self.store = Store(config.store, reg)
         self.exporter = FindingsExporter(config.export, reg)
         self.broadcaster = FindingsBroadcaster(registry=reg)
-        # incidents and memory: the tracker sees every finding right after the store
-        self.memory = IncidentMemory(config.memory, reg)
-        self.incidents = IncidentTracker(
-            config.incidents, self.store, reg, memory=self.memory,
-            connected=graph_connected(self._graph_copy, max_hops=config.incidents.connect_hops))
-        self.incident_api = IncidentApi(self.incidents)
-        self.findings_out = FindingsFanout([self.store, self.incidents, self.exporter, self.broadcaster])
-
         # spans: the graph and the RCA signals, in a child process unless spanproc.enabled is false
         self.spans: SpanProcess | None = None
         if config.spanproc.enabled:
             self.spans = SpanProcess(config.graph, config.signals, reg, config.spanproc)
             self.graph: Any = self.spans.graph_now  # reads answered at once; updates stay ordered
             self.signals: Any = self.spans.signals_now
-            span_consumers: list[Any] = [self.spans]
+            traces_consumers: list[Any] = [self.spans]
+            logs_consumers: list[Any] = [self.spans]  # the span signals read WARN+ log records too
         else:
             self.graph = ServiceGraph(config.graph, reg)
             self.signals = SpanSignals(config.signals, reg)
-            span_consumers = [self.graph, self.signals]
+            traces_consumers = [self.graph, self.signals]
+            logs_consumers = [self.signals]
+
+        # incidents and memory: the tracker sees every finding right after the store
+        self.memory = IncidentMemory(config.memory, reg)
+        self.incidents = IncidentTracker(
+            config.incidents, self.store, reg, memory=self.memory,
+            connected=graph_connected(self.graph.digraph, max_hops=config.incidents.connect_hops))
+        self.incident_api = IncidentApi(self.incidents)
+        self.findings_out = FindingsFanout([self.store, self.incidents, self.exporter, self.broadcaster])
 
         # analysis chain, built back to front
         to_rca = LateBound()
@@ -129,7 +131,7 @@ class App:
         self.detector = Tier0Detector(config.detect, self.assessments, reg)
         self.logs = SerializedLogs(LogsStage(config.logs, self.detector, reg))
 
-        self.queue = BoundedQueue(config.queue, span_consumers, [self.logs, *span_consumers[-1:]], reg)
+        self.queue = BoundedQueue(config.queue, traces_consumers, [self.logs, *logs_consumers], reg)
         self.otlp = OtlpReceiver(config.otlp, self.queue, self.queue, reg)
         self.grpc_api = AnalyzerServicer(self._list_findings_objects, self.graph.snapshot, self.broadcaster)
         self.otlp.add_grpc_service(lambda server: add_analyzer_service(server, self.grpc_api))
@@ -161,9 +163,6 @@ class App:
 
     def _known_services(self) -> list[str]:
         return [n["id"] for n in self.graph.snapshot()["nodes"]] + self.detector.services()
-
-    def _graph_copy(self) -> Any:
-        return self.graph.digraph()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

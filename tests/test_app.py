@@ -114,6 +114,19 @@ def edge(graph: dict[str, Any], source: str, target: str) -> dict[str, Any]:
 
 
 def test_sdk_traffic_builds_graph_metrics_and_api(running: RunningApp) -> None:
+    check_sdk_traffic(running)
+
+
+def test_span_stages_in_process_give_the_same_answers(tmp_path: Path) -> None:
+    app = RunningApp(tmp_path, spanproc={"enabled": False})
+    try:
+        assert app.app.spans is None
+        check_sdk_traffic(app)
+    finally:
+        app.stop()
+
+
+def check_sdk_traffic(running: RunningApp) -> None:
     exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{running.app.otlp.grpc_port}", insecure=True)
     chain = make_spans(("frontend", "checkout", "payment"), per_service=3, error_every=5)
     assert exporter.export(chain).name == "SUCCESS"
