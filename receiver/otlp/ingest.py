@@ -182,36 +182,11 @@ class Ingest:
         m = self.metrics
         v = validate_traces(req)
         resp = ExportTraceServiceResponse()
-        if v.total == 0:
-            m.request(transport, TRACES, "success")
-            return resp
-        if v.accepted:
-            try:
-                keep = raw if self._traces_raw and not v.rejected else None
-                if self._traces_sizes:
-                    size = wire_bytes if wire_bytes is not None else v.request.ByteSize()  # type: ignore[attr-defined]
-                    if keep is not None:
-                        self.traces.consume_traces(v.request, items=v.accepted, size_bytes=size, raw=keep)  # type: ignore[call-arg]
-                    else:
-                        self.traces.consume_traces(v.request, items=v.accepted, size_bytes=size)  # type: ignore[call-arg]
-                elif keep is not None:
-                    self.traces.consume_traces(v.request, raw=keep)  # type: ignore[call-arg]
-                else:
-                    self.traces.consume_traces(v.request)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001 - mapped to a wire status in one place
-                err = self._refused(exc)
-                m.add(m.refused_spans, transport, v.total)
-                m.request(transport, TRACES, outcome_for(err))
-                err.counted = True
-                raise err from exc
-            m.add(m.accepted_spans, transport, v.accepted)
-        if v.rejected:
-            m.add(m.refused_spans, transport, v.rejected)
-            resp.partial_success.rejected_spans = v.rejected
+        rejected = self._deliver(TRACES, self.traces.consume_traces, v, transport, wire_bytes, raw,
+                                 self._traces_sizes, self._traces_raw, m.accepted_spans, m.refused_spans)
+        if rejected:
+            resp.partial_success.rejected_spans = rejected
             resp.partial_success.error_message = v.message
-            m.request(transport, TRACES, "partial")
-        else:
-            m.request(transport, TRACES, "success")
         return resp
 
     def export_logs(
@@ -226,34 +201,41 @@ class Ingest:
         m = self.metrics
         v = validate_logs(req)
         resp = ExportLogsServiceResponse()
+        rejected = self._deliver(LOGS, self.logs.consume_logs, v, transport, wire_bytes, raw,
+                                 self._logs_sizes, self._logs_raw, m.accepted_logs, m.refused_logs)
+        if rejected:
+            resp.partial_success.rejected_log_records = rejected
+            resp.partial_success.error_message = v.message
+        return resp
+
+    def _deliver(self, signal: str, consume: Any, v: Any, transport: str, wire_bytes: int | None,
+                 raw: bytes | None, takes_sizes: bool, takes_raw: bool, accepted: Counter,
+                 refused: Counter) -> int:
+        """Hand the validated records to the consumer and count; returns how many were rejected
+        (for partial_success). Raises WireError when the pipeline refuses the request."""
+        m = self.metrics
         if v.total == 0:
-            m.request(transport, LOGS, "success")
-            return resp
+            m.request(transport, signal, "success")
+            return 0
         if v.accepted:
+            kwargs: dict[str, Any] = {}
+            if takes_sizes:
+                kwargs["items"] = v.accepted
+                kwargs["size_bytes"] = wire_bytes if wire_bytes is not None else v.request.ByteSize()
+            if takes_raw and raw is not None and not v.rejected:
+                kwargs["raw"] = raw
             try:
-                keep = raw if self._logs_raw and not v.rejected else None
-                if self._logs_sizes:
-                    size = wire_bytes if wire_bytes is not None else v.request.ByteSize()  # type: ignore[attr-defined]
-                    if keep is not None:
-                        self.logs.consume_logs(v.request, items=v.accepted, size_bytes=size, raw=keep)  # type: ignore[call-arg]
-                    else:
-                        self.logs.consume_logs(v.request, items=v.accepted, size_bytes=size)  # type: ignore[call-arg]
-                elif keep is not None:
-                    self.logs.consume_logs(v.request, raw=keep)  # type: ignore[call-arg]
-                else:
-                    self.logs.consume_logs(v.request)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001
+                consume(v.request, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - mapped to a wire status in one place
                 err = self._refused(exc)
-                m.add(m.refused_logs, transport, v.total)
-                m.request(transport, LOGS, outcome_for(err))
+                m.add(refused, transport, v.total)
+                m.request(transport, signal, outcome_for(err))
                 err.counted = True
                 raise err from exc
-            m.add(m.accepted_logs, transport, v.accepted)
+            m.add(accepted, transport, v.accepted)
         if v.rejected:
-            m.add(m.refused_logs, transport, v.rejected)
-            resp.partial_success.rejected_log_records = v.rejected
-            resp.partial_success.error_message = v.message
-            m.request(transport, LOGS, "partial")
+            m.add(refused, transport, v.rejected)
+            m.request(transport, signal, "partial")
         else:
-            m.request(transport, LOGS, "success")
-        return resp
+            m.request(transport, signal, "success")
+        return v.rejected
