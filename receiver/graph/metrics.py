@@ -68,6 +68,12 @@ class GraphMetricsCollector(Collector):
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=value)
 
+        def by_reason(name: str, doc: str, values: dict[str, float]) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=["reason"])
+            for reason, v in sorted(values.items()):
+                family.add_metric([reason], v)
+            return family
+
         yield gauge("servicegraph_edges", "Edges (client, server, connection_type) held in the graph",
                     s["edges"])
         yield gauge("servicegraph_nodes", "Nodes held in the graph", s["nodes"])
@@ -84,18 +90,10 @@ class GraphMetricsCollector(Collector):
         yield counter("servicegraph_unpaired_server_spans",
                       "Expired server/consumer halves whose client never arrived (no edge emitted)",
                       s["expired_unpaired_server"])
-        dropped = CounterMetricFamily("servicegraph_dropped_spans",
-                                      "Spans not used for the graph: pairing store full or invalid ids",
-                                      labels=["reason"])
-        for reason, v in sorted(s["dropped_spans"].items()):
-            dropped.add_metric([reason], v)
-        yield dropped
-        dcalls = CounterMetricFamily("servicegraph_dropped_calls",
-                                     "Calls not recorded because the edge or node cap was reached",
-                                     labels=["reason"])
-        for reason, v in sorted(s["dropped_calls"].items()):
-            dcalls.add_metric([reason], v)
-        yield dcalls
+        yield by_reason("servicegraph_dropped_spans",
+                        "Spans not used for the graph: pairing store full or invalid ids", s["dropped_spans"])
+        yield by_reason("servicegraph_dropped_calls",
+                        "Calls not recorded because the edge or node cap was reached", s["dropped_calls"])
         yield counter("servicegraph_skipped_spans", "Spans of resources without service.name",
                       s["skipped_spans"])
         yield counter("servicegraph_duplicate_spans", "Spans seen before (OTLP retries), not counted again",
