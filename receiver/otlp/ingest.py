@@ -180,7 +180,7 @@ class Ingest:
         request."""
         assert self.traces is not None
         m = self.metrics
-        v = validate_traces(req)
+        v = validate_traces(req, raw)
         resp = ExportTraceServiceResponse()
         rejected = self._deliver(TRACES, self.traces.consume_traces, v, transport, wire_bytes, raw,
                                  self._traces_sizes, self._traces_raw, m.accepted_spans, m.refused_spans)

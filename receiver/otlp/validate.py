@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from receiver.otlp.spanwire import check_spans, check_spans_reference
+
 _ZERO16 = bytes(16)
 _ZERO8 = bytes(8)
 
@@ -58,24 +60,10 @@ def _message(kind: str, rejected: int, total: int, reasons: Counter[str], exampl
     return f"{rejected} of {total} {kind} rejected: {why} (first: {example})"
 
 
-def validate_traces(req: ExportTraceServiceRequest) -> Validated:
-    total = 0
-    bad: list[tuple[int, int, int]] = []
-    for ri, rs in enumerate(req.resource_spans):
-        for si, ss in enumerate(rs.scope_spans):
-            spans = ss.spans
-            total += len(spans)
-            for pi, s in enumerate(spans):  # hot loop: ~0.3 us/span, as much as decoding
-                t = s.trace_id
-                sid = s.span_id
-                if (
-                    len(t) != 16
-                    or len(sid) != 8
-                    or t == _ZERO16
-                    or sid == _ZERO8
-                    or len(s.parent_span_id) not in (0, 8)
-                ):
-                    bad.append((ri, si, pi))
+def validate_traces(req: ExportTraceServiceRequest, raw: bytes | None = None) -> Validated:
+    """`raw`: the bytes `req` was decoded from, if the caller has them: the ids are then checked on
+    the wire bytes in C (~0.1 us/span instead of ~0.5 through protobuf objects)."""
+    total, bad = check_spans(raw) if raw is not None else check_spans_reference(req)
     if not bad:
         return Validated(total, 0, "", req)
     out = ExportTraceServiceRequest()
