@@ -31,8 +31,8 @@ from proto_gen.llm_log_analyzer.v1 import analyzer_pb2, analyzer_pb2_grpc
 from receiver.app import App, build_app
 from receiver.config import load_config
 from receiver.model import A_CONFIDENCE, A_EVIDENCE, A_SERVICE, A_SEVERITY, EVENT_ANOMALY, Finding
+from tests.otlp_recorder import OtlpRecorder, attrs
 from tests.otlp_support import make_spans
-from tests.test_export import OtlpRecorder, attrs
 
 REPO = Path(__file__).resolve().parents[1]
 
