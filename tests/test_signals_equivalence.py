@@ -13,7 +13,8 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from receiver.rca.signals import SignalsConfig, SpanSignals, _attr_error, _attr_str
+from receiver.otlp.spanwire import kv_marks_error
+from receiver.rca.signals import SignalsConfig, SpanSignals, _attr_str
 from receiver.sim.faults import Fault
 from receiver.sim.simulator import Simulator
 
@@ -140,6 +141,10 @@ def test_stalled_event_time_keeps_expiry_index_bounded() -> None:
     assert len(sig._traces) == 50
     sig.flush()
     assert not sig._traces and not sig._by_end and not sig._by_wall
+
+
+def _attr_error(attrs: Any) -> bool:
+    return any(kv_marks_error(kv) for kv in attrs)
 
 
 def test_one_pass_attributes_match_the_helpers() -> None:

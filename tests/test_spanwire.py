@@ -16,16 +16,18 @@ from receiver.otlp import spanwire
 
 PEER = ("peer.service", "server.address", "net.peer.name")
 DB = ("db.namespace", "db.name", "db.system")
-KEYS = [*PEER, *DB, "http.method", "service.name", "messaging.system"]
+KEYS = [*PEER, *DB, "http.method", "service.name", "messaging.system", "error", "http.status_code",
+        "http.response.status_code", "exception.message"]
 
 
 def _kv(rng: random.Random, key: str) -> KeyValue:
     kv = KeyValue(key=key)
     r = rng.random()
     if r < 0.6:
-        kv.value.string_value = rng.choice(["", "pg", "orders", "redis:6379", "ünïcode", "x" * 40])
+        kv.value.string_value = rng.choice(["", "pg", "orders", "redis:6379", "ünïcode", "x" * 40, "503",
+                                            "0500", "499", "５０３", "-600", "99999999999999999999"])
     elif r < 0.8:
-        kv.value.int_value = rng.randrange(1000)
+        kv.value.int_value = rng.choice([rng.randrange(1000), -(2**63), 2**63 - 1])
     elif r < 0.9:
         kv.value.bool_value = True
     # else: no value at all
@@ -58,8 +60,10 @@ def _span(rng: random.Random) -> Span:
     if rng.random() < 0.5:
         s.status.code = rng.choice([0, 1, 2])
         s.status.message = "boom"
-    if rng.random() < 0.2:
-        s.events.add(name="exception").attributes.append(_kv(rng, "exception.message"))
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        ev = s.events.add(name=rng.choice(["exception", "log"]))
+        for _ in range(rng.randrange(3)):
+            ev.attributes.append(_kv(rng, rng.choice(["exception.message", "exception.type"])))
     return s
 
 
@@ -68,7 +72,8 @@ def _request(rng: random.Random) -> ExportTraceServiceRequest:
     for _ in range(rng.randrange(1, 4)):
         rs = req.resource_spans.add()
         for _ in range(rng.randrange(3)):
-            rs.resource.attributes.append(_kv(rng, rng.choice(["service.name", "host.name"])))
+            rs.resource.attributes.append(_kv(rng, rng.choice(["service.name", "host.name",
+                                                                "service.version"])))
         if rng.random() < 0.7:
             rs.resource.attributes.add(key="service.name").value.string_value = rng.choice(["a", "b", "c"])
         for _ in range(rng.randrange(1, 3)):
@@ -82,16 +87,26 @@ def _same(buf: bytes) -> None:
     req = ExportTraceServiceRequest.FromString(buf)
     assert spanwire.check_spans(buf) == spanwire.check_spans_reference(req)
     assert spanwire.graph_rows(buf, PEER, DB) == spanwire.graph_rows_reference(req, PEER, DB)
+    assert spanwire.signal_rows(buf, PEER + PEER[:1]) == spanwire.signal_rows_reference(req, PEER)
 
 
 def test_generated_requests_match_the_reference() -> None:
     rng = random.Random(7)
     rows = 0
+    seen = {"peer": 0, "messaging": 0, "attr_error": 0, "exceptions": 0, "version": 0}
     for _ in range(400):
         buf = _request(rng).SerializeToString()
         _same(buf)
         rows += len(spanwire.graph_rows(buf, PEER, DB)[0])
+        for _svc, version, spans in spanwire.signal_rows(buf, PEER)[0]:
+            seen["version"] += bool(version)
+            for r in map(spanwire.SignalRow._make, spans):
+                seen["peer"] += bool(r.peer)
+                seen["messaging"] += r.messaging
+                seen["attr_error"] += r.attr_error
+                seen["exceptions"] += bool(r.exceptions)
     assert rows > 1000  # the generator really makes graph spans
+    assert min(seen.values()) > 20, seen  # ... and every signal field is exercised both ways
 
 
 def test_row_fields() -> None:
@@ -180,6 +195,7 @@ def test_corrupted_bytes_raise_or_agree_never_crash() -> None:
             try:  # upb is stricter (UTF-8, nested messages): the C reader may accept what it refuses
                 spanwire.check_spans(data)
                 spanwire.graph_rows(data, PEER, DB)
+                spanwire.signal_rows(data, PEER)
             except spanwire.WireError:
                 raised += 1
             continue

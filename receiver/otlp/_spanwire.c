@@ -134,38 +134,54 @@ static uint64_t le64(const uint8_t *p) {
     return v;
 }
 
-/* A KeyValue: its key and, if the value holds a string_value, that string (last occurrence wins). */
-static int read_keyvalue(Slice kv, Slice *key, Slice *str, int *has_str) {
+/* A KeyValue, decoded: its key and which member of the AnyValue oneof is set (0 none, 1 string,
+ * 2 bool, 3 int, 4 double, 5 array, 6 kvlist, 7 bytes) with the string, bool and int values. Merge
+ * rules: the key's last occurrence wins; `value` occurring twice merges, so the oneof member set last
+ * on the wire wins, with that member's last value. */
+typedef struct {
+    Slice key, str;
+    int which, b;
+    int64_t i;
+    int decoded; /* 0: `str` still holds the whole undecoded KeyValue */
+} KV;
+
+static int read_keyvalue(Slice kv, KV *o) {
     Buf b = {kv.p, kv.p + kv.n};
     uint32_t f;
     int wt, r;
-    key->p = kv.p;
-    key->n = 0;
-    str->p = kv.p;
-    str->n = 0;
-    *has_str = 0;
+    o->key.p = o->str.p = kv.p;
+    o->key.n = o->str.n = 0;
+    o->which = o->b = 0;
+    o->i = 0;
+    o->decoded = 1;
     while ((r = next_field(&b, &f, &wt)) == 1) {
         if (f == 1 && wt == WT_LEN) {
-            if (read_len(&b, key) < 0)
+            if (read_len(&b, &o->key) < 0)
                 return -1;
         } else if (f == 2 && wt == WT_LEN) {
             Slice val;
             if (read_len(&b, &val) < 0)
                 return -1;
-            /* AnyValue is a oneof: a later member clears string_value. */
             Buf vb = {val.p, val.p + val.n};
             uint32_t vf;
             int vwt, vr;
             while ((vr = next_field(&vb, &vf, &vwt)) == 1) {
+                uint64_t v;
                 if (vf == 1 && vwt == WT_LEN) {
-                    if (read_len(&vb, str) < 0)
+                    if (read_len(&vb, &o->str) < 0)
                         return -1;
-                    *has_str = 1;
+                    o->which = 1;
+                } else if ((vf == 2 || vf == 3) && vwt == WT_VARINT) {
+                    if (read_varint(&vb, &v) < 0)
+                        return -1;
+                    if (vf == 2)
+                        o->b = v != 0;
+                    else
+                        o->i = (int64_t)v;
+                    o->which = (int)vf;
                 } else {
-                    /* another oneof member (with its own wire type) replaces the string */
-                    if (((vf == 2 || vf == 3) && vwt == WT_VARINT) || (vf == 4 && vwt == WT_I64)
-                        || (vf >= 5 && vf <= 7 && vwt == WT_LEN))
-                        *has_str = 0;
+                    if ((vf == 4 && vwt == WT_I64) || (vf >= 5 && vf <= 7 && vwt == WT_LEN))
+                        o->which = (int)vf;
                     if (skip_value(&vb, vf, vwt, 0) < 0)
                         return -1;
                 }
@@ -178,8 +194,8 @@ static int read_keyvalue(Slice kv, Slice *key, Slice *str, int *has_str) {
     }
     if (r < 0)
         return -1;
-    if (!*has_str)
-        str->n = 0;
+    if (o->which != 1)
+        o->str.n = 0; /* string_value reads "" unless the string member is the one set */
     return 0;
 }
 
@@ -188,34 +204,32 @@ static int slice_eq(Slice s, PyObject *bytes) {
 }
 
 /* ---------------------------------------------------------------------------------- one span */
-typedef struct {
-    Slice key, str; /* key.p NULL: str is the undecoded KeyValue; else str is its string_value
-                       (empty when the value is not a string) */
-} Attr;
-
-static int read_keyvalue(Slice kv, Slice *key, Slice *str, int *has_str);
-
-static int decode_attrs(Attr *attrs, Py_ssize_t n) {
+/* Decode, in place, the KeyValues of `kvs` still held as raw slices. */
+static int decode_kvs(KV *kvs, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!attrs[i].key.p) {
-            int has;
-            Slice kv = attrs[i].str;
-            if (read_keyvalue(kv, &attrs[i].key, &attrs[i].str, &has) < 0)
-                return -1;
-        }
+        if (!kvs[i].decoded && read_keyvalue(kvs[i].str, &kvs[i]) < 0)
+            return -1;
     }
     return 0;
 }
 
 typedef struct {
-    Slice trace_id, span_id, parent;
+    Slice trace_id, span_id, parent, status_msg;
     uint64_t kind, start, end, status_code;
-    /* attributes (decoded) and link slices, collected in order */
-    Attr *attrs;
+    /* attributes (decoded on demand), link and event slices, collected in order */
+    KV *attrs;
     Py_ssize_t n_attrs, cap_attrs;
     Slice *links;
     Py_ssize_t n_links, cap_links;
+    Slice *events;
+    Py_ssize_t n_events, cap_events;
 } Span;
+
+static void span_free(Span *o) {
+    PyMem_Free(o->attrs);
+    PyMem_Free(o->links);
+    PyMem_Free(o->events);
+}
 
 /* grow *arr (of `size`-byte items) to hold one more; 0 or -1 (MemoryError) */
 static int grow(void **arr, Py_ssize_t n, Py_ssize_t *cap, size_t size) {
@@ -232,18 +246,19 @@ static int grow(void **arr, Py_ssize_t n, Py_ssize_t *cap, size_t size) {
     return 0;
 }
 
-/* collect: also keep the attribute and link slices (graph_rows needs them, check_spans not). */
+/* collect: also keep the attribute, link and event slices (the row readers need them, check_spans
+ * not). */
 static int read_span(Slice sp, Span *o, int collect) {
     Buf b = {sp.p, sp.p + sp.n};
     uint32_t f;
     int wt, r;
     Slice empty = {sp.p, 0};
-    o->trace_id = o->span_id = o->parent = empty;
+    o->trace_id = o->span_id = o->parent = o->status_msg = empty;
     o->kind = o->start = o->end = o->status_code = 0;
-    o->n_attrs = o->n_links = 0;
+    o->n_attrs = o->n_links = o->n_events = 0;
     while ((r = next_field(&b, &f, &wt)) == 1) {
         Slice s;
-        if (wt == WT_LEN && (f == 1 || f == 2 || f == 4 || f == 9 || f == 13 || f == 15)) {
+        if (wt == WT_LEN && (f == 1 || f == 2 || f == 4 || f == 9 || f == 11 || f == 13 || f == 15)) {
             if (read_len(&b, &s) < 0)
                 return -1;
             switch (f) {
@@ -252,10 +267,17 @@ static int read_span(Slice sp, Span *o, int collect) {
             case 4: o->parent = s; break;
             case 9: /* kept as KeyValue slices: decoded only for the spans that need them */
                 if (collect) {
-                    if (grow((void **)&o->attrs, o->n_attrs, &o->cap_attrs, sizeof(Attr)) < 0)
+                    if (grow((void **)&o->attrs, o->n_attrs, &o->cap_attrs, sizeof(KV)) < 0)
                         return -1;
-                    o->attrs[o->n_attrs].key.p = NULL;
+                    o->attrs[o->n_attrs].decoded = 0;
                     o->attrs[o->n_attrs++].str = s;
+                }
+                break;
+            case 11:
+                if (collect) {
+                    if (grow((void **)&o->events, o->n_events, &o->cap_events, sizeof(Slice)) < 0)
+                        return -1;
+                    o->events[o->n_events++] = s;
                 }
                 break;
             case 13:
@@ -265,13 +287,16 @@ static int read_span(Slice sp, Span *o, int collect) {
                     o->links[o->n_links++] = s;
                 }
                 break;
-            case 15: { /* Status (merged across occurrences): code is field 3 */
+            case 15: { /* Status (merged across occurrences): message is field 2, code field 3 */
                 Buf sb = {s.p, s.p + s.n};
                 uint32_t sf;
                 int swt, sr;
                 while ((sr = next_field(&sb, &sf, &swt)) == 1) {
                     if (sf == 3 && swt == WT_VARINT) {
                         if (read_varint(&sb, &o->status_code) < 0)
+                            return -1;
+                    } else if (sf == 2 && swt == WT_LEN) {
+                        if (read_len(&sb, &o->status_msg) < 0)
                             return -1;
                     } else if (skip_value(&sb, sf, swt, 0) < 0) {
                         return -1;
@@ -430,7 +455,7 @@ static int key_in(Slice key, PyObject *keys) {
 
 static PyObject *callee(RowsCtx *c, Span *o, int *is_db) {
     *is_db = 0;
-    if (decode_attrs(o->attrs, o->n_attrs) < 0)
+    if (decode_kvs(o->attrs, o->n_attrs) < 0)
         return NULL;
     for (Py_ssize_t i = 0; i < o->n_attrs && !*is_db; i++)
         *is_db = key_in(o->attrs[i].key, c->db);
@@ -554,12 +579,11 @@ static int resource_attr(Slice s, void *vctx, Py_ssize_t i) {
     (void)i;
     if (c->svc_slice.p)
         return 0;
-    Slice k, v;
-    int has;
-    if (read_keyvalue(s, &k, &v, &has) < 0)
+    KV kv;
+    if (read_keyvalue(s, &kv) < 0)
         return -1;
-    if (k.n == 12 && memcmp(k.p, "service.name", 12) == 0)
-        c->svc_slice = v; /* v.p is never NULL: marks "found" even when the value is empty */
+    if (kv.key.n == 12 && memcmp(kv.key.p, "service.name", 12) == 0)
+        c->svc_slice = kv.str; /* .p is never NULL: marks "found" even when the value is empty */
     return 0;
 }
 
@@ -617,8 +641,7 @@ static PyObject *graph_rows(PyObject *self, PyObject *args) {
         if (each(all, 1, row_resource, &c) == 0)
             out = Py_BuildValue("(Onn)", c.rows, c.total, c.skipped);
     }
-    PyMem_Free(c.span.attrs);
-    PyMem_Free(c.span.links);
+    span_free(&c.span);
     Py_XDECREF(c.svc);
     Py_XDECREF(c.rows);
     Py_XDECREF(c.unknown);
@@ -626,9 +649,271 @@ static PyObject *graph_rows(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ================================================================= signal_rows(buf, peer) */
+/* Rows for the RCA span signals, every span, grouped by resource:
+ *   ([(service, version, [span row, ...]), ...], total spans)
+ * service / version: the last non-empty string value of `service.name` / `service.version` among the
+ * resource attributes ("" if none). Span row:
+ *   (trace_id, span_id, parent_span_id, kind, start_ns, end_ns, status_code, status_message,
+ *    peer, messaging, attr_error, exceptions)
+ * peer / messaging, for CLIENT and PRODUCER spans only (else "" / False): peer = the non-empty string
+ * value of the attribute whose key comes first in `peer` (ties: the later attribute); messaging = a
+ * non-empty string `messaging.system`. attr_error, for status UNSET only (else False): an attribute
+ * `error` holding bool true, or `http.status_code` / `http.response.status_code` holding an int >= 500
+ * or a string of ASCII digits >= 500. exceptions, for status ERROR only (else None): the last non-empty
+ * string `exception.message` of each event named `exception`, in order (a tuple, maybe empty). */
+typedef struct {
+    Span span;
+    PyObject *peer; /* tuple of bytes, no duplicates */
+    PyObject *out, *spans, *empty_bytes, *empty_str;
+    Py_ssize_t total;
+    Slice svc, ver;
+} SigCtx;
+
+static int key_is(Slice k, const char *lit) {
+    size_t n = strlen(lit);
+    return (size_t)k.n == n && memcmp(k.p, lit, n) == 0;
+}
+
+/* the last non-empty string value of attribute `key` among the KeyValue slices of `msg`'s field `field` */
+typedef struct {
+    const char *key;
+    Slice *found;
+} LastStr;
+
+static int last_str_kv(Slice s, void *vctx, Py_ssize_t i) {
+    LastStr *c = vctx;
+    KV kv;
+    (void)i;
+    if (read_keyvalue(s, &kv) < 0)
+        return -1;
+    if (kv.str.n && key_is(kv.key, c->key))
+        *c->found = kv.str;
+    return 0;
+}
+
+static int sig_resource_attr(Slice s, void *vctx, Py_ssize_t i) {
+    SigCtx *c = vctx;
+    KV kv;
+    (void)i;
+    if (read_keyvalue(s, &kv) < 0)
+        return -1;
+    if (kv.str.n) {
+        if (key_is(kv.key, "service.name"))
+            c->svc = kv.str;
+        else if (key_is(kv.key, "service.version"))
+            c->ver = kv.str;
+    }
+    return 0;
+}
+
+static int sig_resource_msg(Slice s, void *vctx, Py_ssize_t i) {
+    (void)i;
+    return each(s, 1, sig_resource_attr, vctx);
+}
+
+static int attr_error(KV *kv) {
+    if (key_is(kv->key, "error"))
+        return kv->which == 2 && kv->b;
+    if (!key_is(kv->key, "http.status_code") && !key_is(kv->key, "http.response.status_code"))
+        return 0;
+    if (kv->which == 3)
+        return kv->i >= 500;
+    if (kv->which != 1 || kv->str.n == 0)
+        return 0;
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i < kv->str.n; i++) {
+        uint8_t ch = kv->str.p[i];
+        if (ch < '0' || ch > '9')
+            return 0;
+        if (v < 1000000)
+            v = v * 10 + (ch - '0');
+    }
+    return v >= 500;
+}
+
+static PyObject *str_of(SigCtx *c, Slice s) {
+    if (!s.n)
+        return Py_NewRef(c->empty_str);
+    return PyUnicode_DecodeUTF8((const char *)s.p, s.n, "replace");
+}
+
+static PyObject *bytes_of(SigCtx *c, Slice s) {
+    if (!s.n)
+        return Py_NewRef(c->empty_bytes);
+    return PyBytes_FromStringAndSize((const char *)s.p, s.n);
+}
+
+static PyObject *exceptions(SigCtx *c, Span *o) {
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    for (Py_ssize_t e = 0; e < o->n_events; e++) {
+        Buf b = {o->events[e].p, o->events[e].p + o->events[e].n};
+        Slice name = {b.p, 0}, msg = {b.p, 0};
+        uint32_t f;
+        int wt, r;
+        while ((r = next_field(&b, &f, &wt)) == 1) {
+            Slice s;
+            if (f == 2 && wt == WT_LEN) {
+                if (read_len(&b, &name) < 0)
+                    goto fail;
+            } else if (f == 3 && wt == WT_LEN) {
+                if (read_len(&b, &s) < 0)
+                    goto fail;
+                LastStr ls = {"exception.message", &msg};
+                if (last_str_kv(s, &ls, 0) < 0)
+                    goto fail;
+            } else if (skip_value(&b, f, wt, 0) < 0) {
+                goto fail;
+            }
+        }
+        if (r < 0)
+            goto fail;
+        if (msg.n && key_is(name, "exception")) {
+            PyObject *m = str_of(c, msg);
+            if (!m || PyList_Append(out, m) < 0) {
+                Py_XDECREF(m);
+                goto fail;
+            }
+            Py_DECREF(m);
+        }
+    }
+    Py_SETREF(out, PyList_AsTuple(out));
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static int sig_span(Slice s, void *vctx, Py_ssize_t pi) {
+    SigCtx *c = vctx;
+    Span *o = &c->span;
+    (void)pi;
+    c->total++;
+    if (read_span(s, o, 1) < 0)
+        return -1;
+    Slice peer = {s.p, 0};
+    int messaging = 0, aerr = 0;
+    uint64_t kind = o->kind, code = o->status_code;
+    int client = kind == K_CLIENT || kind == K_PRODUCER;
+    if (client || code == 0) {
+        if (decode_kvs(o->attrs, o->n_attrs) < 0)
+            return -1;
+        Py_ssize_t np = PyTuple_GET_SIZE(c->peer), best = np;
+        for (Py_ssize_t i = 0; i < o->n_attrs; i++) {
+            KV *kv = &o->attrs[i];
+            if (client) {
+                for (Py_ssize_t r = 0; r <= best && r < np; r++) {
+                    if (slice_eq(kv->key, PyTuple_GET_ITEM(c->peer, r))) {
+                        if (kv->str.n) {
+                            best = r;
+                            peer = kv->str;
+                        }
+                        break;
+                    }
+                }
+                if (kv->str.n && key_is(kv->key, "messaging.system"))
+                    messaging = 1;
+            }
+            if (code == 0 && !aerr)
+                aerr = attr_error(kv);
+        }
+    }
+    PyObject *v[12] = {NULL};
+    v[0] = bytes_of(c, o->trace_id);
+    v[1] = bytes_of(c, o->span_id);
+    v[2] = bytes_of(c, o->parent);
+    v[3] = PyLong_FromUnsignedLongLong(kind);
+    v[4] = PyLong_FromUnsignedLongLong(o->start);
+    v[5] = PyLong_FromUnsignedLongLong(o->end);
+    v[6] = PyLong_FromUnsignedLongLong(code);
+    v[7] = str_of(c, o->status_msg);
+    v[8] = str_of(c, peer);
+    v[9] = Py_NewRef(messaging ? Py_True : Py_False);
+    v[10] = Py_NewRef(aerr ? Py_True : Py_False);
+    v[11] = code == 2 ? exceptions(c, o) : Py_NewRef(Py_None);
+    PyObject *row = NULL;
+    int ok = 1;
+    for (int i = 0; i < 12; i++)
+        ok &= v[i] != NULL;
+    if (ok)
+        row = PyTuple_New(12);
+    if (!row) {
+        for (int i = 0; i < 12; i++)
+            Py_XDECREF(v[i]);
+        return -1;
+    }
+    for (int i = 0; i < 12; i++)
+        PyTuple_SET_ITEM(row, i, v[i]);
+    int r = PyList_Append(c->spans, row);
+    Py_DECREF(row);
+    return r;
+}
+
+static int sig_scope(Slice s, void *vctx, Py_ssize_t si) {
+    (void)si;
+    return each(s, 2, sig_span, vctx);
+}
+
+static int sig_resource(Slice s, void *vctx, Py_ssize_t ri) {
+    SigCtx *c = vctx;
+    (void)ri;
+    c->svc.p = c->ver.p = s.p;
+    c->svc.n = c->ver.n = 0;
+    if (each(s, 1, sig_resource_msg, c) < 0)
+        return -1;
+    PyObject *svc = str_of(c, c->svc), *ver = str_of(c, c->ver);
+    c->spans = PyList_New(0);
+    PyObject *group = NULL;
+    int r = -1;
+    if (svc && ver && c->spans && each(s, 2, sig_scope, c) == 0) {
+        group = PyTuple_Pack(3, svc, ver, c->spans);
+        if (group)
+            r = PyList_Append(c->out, group);
+    }
+    Py_XDECREF(group);
+    Py_XDECREF(svc);
+    Py_XDECREF(ver);
+    Py_CLEAR(c->spans);
+    return r;
+}
+
+static PyObject *signal_rows(PyObject *self, PyObject *args) {
+    PyObject *data, *peer;
+    if (!PyArg_ParseTuple(args, "OO:signal_rows", &data, &peer))
+        return NULL;
+    if (bytes_tuple(peer, "peer") < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    SigCtx c;
+    memset(&c, 0, sizeof c);
+    c.peer = peer;
+    c.out = PyList_New(0);
+    c.empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    c.empty_str = PyUnicode_FromStringAndSize(NULL, 0);
+    PyObject *out = NULL;
+    if (c.out && c.empty_bytes && c.empty_str) {
+        Slice all = {view.buf, view.len};
+        if (each(all, 1, sig_resource, &c) == 0)
+            out = Py_BuildValue("(On)", c.out, c.total);
+    }
+    span_free(&c.span);
+    Py_XDECREF(c.out);
+    Py_XDECREF(c.spans);
+    Py_XDECREF(c.empty_bytes);
+    Py_XDECREF(c.empty_str);
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"check_spans", check_spans, METH_O,
      "check_spans(buf) -> (total, [(ri, si, pi), ...] of spans with invalid ids)"},
+    {"signal_rows", signal_rows, METH_VARARGS,
+     "signal_rows(buf, peer_keys) -> (resources, total); see receiver/otlp/spanwire.py"},
     {"graph_rows", graph_rows, METH_VARARGS,
      "graph_rows(buf, peer_keys, db_keys) -> (rows, total, skipped); see receiver/otlp/spanwire.py"},
     {NULL, NULL, 0, NULL},

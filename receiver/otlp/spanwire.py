@@ -11,6 +11,9 @@ and the path for requests that exist only as objects):
   CLIENT, PRODUCER or CONSUMER span of a resource with a non-empty `service.name` (the first resource
   attribute of that key); `total` counts all spans, `skipped` those of resources without a name.
 
+* `signal_rows(buf, peer_keys)` -> `(resources, total)`: every span, grouped by resource as
+  `(service, version, [SignalRow, ...])`, with what the RCA span signals read (see `SignalRow`).
+
 Why C: through the protobuf Python API a field read costs 50-250 ns and the graph needs about eight
 per span plus an attribute scan (2-3 us/span); walking the wire bytes costs tens of ns per span.
 """
@@ -18,7 +21,7 @@ per span plus an attribute scan (2-3 us/span); walking the wire bytes costs tens
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -48,6 +51,25 @@ class GraphRow(NamedTuple):
     links: tuple[bytes, ...] | None  # CONSUMER with links: trace_id + span_id of each link, else None
 
 
+class SignalRow(NamedTuple):
+    """What the C code returns as a plain tuple, field for field (named here for the reader)."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    kind: int
+    start_ns: int
+    end_ns: int
+    status_code: int
+    status_message: str
+    peer: str  # CLIENT/PRODUCER: the non-empty string value of the attribute whose key comes first in
+    #            peer_keys (the later attribute on a tie), else ""
+    messaging: bool  # CLIENT/PRODUCER: a non-empty string `messaging.system`
+    attr_error: bool  # status UNSET: `error` = true, or an HTTP status code >= 500 (int or digits)
+    exceptions: tuple[str, ...] | None  # status ERROR: the non-empty `exception.message` of each
+    #                                     `exception` event (the last one per event), else None
+
+
 def check_spans(buf: bytes | memoryview) -> tuple[int, list[tuple[int, int, int]]]:
     """Raises WireError (a ValueError) on bytes that are not a trace request's wire format."""
     return _spanwire.check_spans(buf)
@@ -59,8 +81,14 @@ def graph_rows(buf: bytes | memoryview, peer_keys: Sequence[str],
     return _spanwire.graph_rows(buf, _encoded(peer_keys), _encoded(db_keys))
 
 
+def signal_rows(buf: bytes | memoryview,
+                peer_keys: Sequence[str]) -> tuple[list[tuple[str, str, list[tuple]]], int]:
+    """Raises WireError (a ValueError) on bytes that are not a trace request's wire format."""
+    return _spanwire.signal_rows(buf, _encoded(peer_keys))
+
+
 def _encoded(keys: Sequence[str]) -> tuple[bytes, ...]:
-    return tuple(k.encode() for k in keys)
+    return tuple(dict.fromkeys(k.encode() for k in keys))  # a repeated key keeps its first rank
 
 
 # ------------------------------------------------------------------------------ Python reference
@@ -123,3 +151,62 @@ def graph_rows_reference(req: ExportTraceServiceRequest, peer_keys: Sequence[str
                              (end - start) / 1e9 if end > start else 0.0, end,
                              s.status.code == _STATUS_ERROR, is_db, callee, links))
     return rows, total, skipped
+
+
+_ERROR_KEYS = ("http.status_code", "http.response.status_code")
+
+
+def _last_str(attrs: Any, key: str) -> str:
+    out = ""
+    for kv in attrs:
+        if kv.key == key and kv.value.HasField("string_value") and kv.value.string_value:
+            out = kv.value.string_value
+    return out
+
+
+def kv_marks_error(kv: Any) -> bool:
+    """A failure mark of instrumentations that leave the status unset: `error` = true (Jaeger) or an
+    HTTP status code >= 500 (an int, or a string of ASCII digits: client data never raises here)."""
+    v = kv.value
+    if kv.key == "error":
+        return v.HasField("bool_value") and v.bool_value
+    if kv.key not in _ERROR_KEYS:
+        return False
+    if v.HasField("int_value"):
+        return v.int_value >= 500
+    text = v.string_value if v.HasField("string_value") else ""
+    return text.isascii() and text.isdigit() and int(text) >= 500
+
+
+def signal_rows_reference(req: ExportTraceServiceRequest,
+                          peer_keys: Sequence[str]) -> tuple[list[tuple[str, str, list[tuple]]], int]:
+    rank = {k: i for i, k in enumerate(dict.fromkeys(peer_keys))}
+    out: list[tuple[str, str, list[tuple]]] = []
+    total = 0
+    for rs in req.resource_spans:
+        rows: list[tuple] = []
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                total += 1
+                kind, code = s.kind, s.status.code
+                client = kind in (CLIENT, PRODUCER)
+                peer, messaging, aerr, best = "", False, False, len(rank)
+                for kv in s.attributes:
+                    if client:
+                        r = rank.get(kv.key)
+                        if r is not None and r <= best and kv.value.string_value:
+                            best, peer = r, kv.value.string_value
+                        if kv.key == "messaging.system" and kv.value.string_value:
+                            messaging = True
+                    if code == 0 and not aerr:
+                        aerr = kv_marks_error(kv)
+                excs = None
+                if code == _STATUS_ERROR:
+                    msgs = (_last_str(ev.attributes, "exception.message") for ev in s.events
+                            if ev.name == "exception")
+                    excs = tuple(m for m in msgs if m)
+                rows.append((s.trace_id, s.span_id, s.parent_span_id, kind, s.start_time_unix_nano,
+                             s.end_time_unix_nano, code, s.status.message, peer, messaging, aerr, excs))
+        out.append((_last_str(rs.resource.attributes, "service.name"),
+                    _last_str(rs.resource.attributes, "service.version"), rows))
+    return out, total

@@ -6,8 +6,8 @@ leaves ingest a fraction of one core. The child runs `ServiceGraph` and `SpanSig
 
 Data path (one-way, ordered): `consume_traces(req, raw=...)` sends `b"T"` + the request's wire bytes as
 the receiver got them (`raw`, when validation kept every span) or else `req.SerializeToString()` over a
-pipe; the child hands the bytes to `graph.consume_wire` (read in C) and, when the RCA signals are on, decodes
-them once for `signals.consume_traces`.
+pipe; the child hands the bytes to `graph.consume_wire` and `signals.consume_wire` (each reads the fields it
+needs in C, receiver/otlp/spanwire.py).
 `consume_logs` sends only the log records `SpanSignals.consume_logs` can use (severity >= WARN); a
 request without any is not sent at all. Several requests are NOT batched into one message: with the OTLP
 exporters' usual batches (hundreds of spans) one pipe write per request is a small share of the cost.
@@ -264,14 +264,11 @@ def _child_main(conn_in: Connection, conn_out: Connection, reads_in: Connection 
             body = memoryview(msg)[1:]
             try:
                 if tag == _TRACES:
-                    # the graph reads the wire bytes itself; only the signals need protobuf objects
-                    req = ExportTraceServiceRequest.FromString(body) if signals_ is not None else None
-                    for name, c in consumers:
+                    for name, c in consumers:  # both read the wire bytes (in C), no decoding here
                         try:
+                            n = c.consume_wire(body)
                             if c is graph:
-                                ctl.spans += graph.consume_wire(body)
-                            else:
-                                c.consume_traces(req)
+                                ctl.spans += n
                         except Exception:  # noqa: BLE001 - one bad request must not kill the child
                             errors.labels(name).inc()
                             if time.monotonic() - last_err > 10:

@@ -33,6 +33,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from receiver.component import StageConfig, positive, require
+from receiver.otlp.spanwire import signal_rows
 
 K_INTERNAL = Span.SPAN_KIND_INTERNAL
 K_SERVER = Span.SPAN_KIND_SERVER
@@ -47,7 +48,6 @@ PEER_ATTRIBUTES = (
     "db.namespace", "db.name", "db.system.name", "db.system",
 )
 
-_ERROR_KEYS = frozenset(("error", "http.status_code", "http.response.status_code"))  # read by _attr_error
 
 # node bucket slots
 N_CALLS, N_ERRORS, N_LAT, N_SELF, N_SELF_N, N_DEEP, N_LOG_ERR, N_LOG_WARN = range(8)
@@ -166,25 +166,6 @@ def _attr_str(attrs: Iterable, keys: list[str]) -> str:
     return ""
 
 
-def _attr_error(attrs: Iterable) -> bool:
-    """Failure marks of instrumentations that leave the status unset: an `error=true` tag (Jaeger)
-    or an HTTP 5xx status code."""
-    for kv in attrs:
-        k = kv.key
-        if k == "error" and kv.value.HasField("bool_value"):
-            if kv.value.bool_value:
-                return True
-        elif k in ("http.status_code", "http.response.status_code"):
-            v = kv.value
-            text = v.string_value if v.HasField("string_value") else ""
-            # isdigit() alone admits digits int() rejects ('²'): client data must never raise here
-            code = v.int_value if v.HasField("int_value") else (
-                int(text) if text.isascii() and text.isdigit() else 0)
-            if code >= 500:
-                return True
-    return False
-
-
 def _union_len(intervals: list[tuple[int, int]], lo: int, hi: int) -> int:
     total = 0
     cur_s = cur_e = None
@@ -250,12 +231,17 @@ class SpanSignals:
         self.flush()
 
     # --- consumers -----------------------------------------------------------------------
-    def consume_traces(self, request: ExportTraceServiceRequest) -> None:
+    def consume_traces(self, request: ExportTraceServiceRequest, raw: bytes | None = None) -> None:
+        """`raw`: the request's wire bytes when the caller has them (else the request is serialized:
+        reading the wire bytes in C is cheaper than reading protobuf fields from Python)."""
+        self.consume_wire(raw if raw is not None else request.SerializeToString())
+
+    def consume_wire(self, raw: bytes | memoryview) -> int:
+        """Add the spans of one ExportTraceServiceRequest given as wire bytes; returns how many spans
+        it held. Raises spanwire.WireError on bytes that are not one (nothing is added then)."""
+        resources, total = signal_rows(raw, self.config.peer_attributes)
         cfg = self.config
         wall = self._clock()
-        peer_rank: dict[str, int] = {}
-        for i, k in enumerate(cfg.peer_attributes):
-            peer_rank.setdefault(k, i)
         max_spans = cfg.max_spans_per_trace
         max_traces = cfg.max_traces
         traces = self._traces
@@ -265,91 +251,57 @@ class SpanSignals:
         with self._lock:
             wm = self._watermark
             try:
-                for rs in request.resource_spans:
-                    rattrs = rs.resource.attributes
-                    service = _attr_str(rattrs, ["service.name"]) or "unknown_service"
-                    version = _attr_str(rattrs, ["service.version"])
+                for service, version, rows in resources:
+                    if not service:
+                        service = "unknown_service"
                     if service not in self._instrumented:
                         if len(self._instrumented) >= cfg.max_nodes:
                             self._instrumented.pop(next(iter(self._instrumented)))
                             self.m_evicted.labels("service").inc()
                         self._instrumented[service] = None
-                    first = True
-                    for ss in rs.scope_spans:
-                        for s in ss.spans:
-                            start = s.start_time_unix_nano
-                            if first and version:
-                                first = False
-                                self._note_version(service, version, start)
-                            tid = s.trace_id
-                            span_id = s.span_id
-                            end = s.end_time_unix_nano
-                            if len(tid) != 16 or len(span_id) != 8 or end == 0:
-                                n_bad += 1
-                                continue
-                            n_ok += 1
-                            st = s.status
-                            code = st.code
-                            msg = st.message
-                            kind = s.kind
-                            if code == ERR:
-                                error = True
-                                for ev in s.events:
-                                    if ev.name == "exception":
-                                        m = _attr_str(ev.attributes, ["exception.message"])
-                                        if m and m not in msg:
-                                            msg = f"{msg}; {m}" if msg else m
-                            else:
-                                error = False
-                            peer = ""
-                            messaging = False
-                            need_peer = kind == K_CLIENT or kind == K_PRODUCER
-                            check_err = code == UNSET
-                            if need_peer or check_err:
-                                # one pass over the attributes: peer name (precedence of peer_attributes,
-                                # the last non-empty value of a key), messaging.system, failure marks
-                                best = len(peer_rank)
-                                for kv in s.attributes:
-                                    k = kv.key
-                                    if need_peer:
-                                        r = peer_rank.get(k)
-                                        if r is not None and r <= best:
-                                            sv = kv.value.string_value
-                                            if sv:
-                                                best, peer = r, sv
-                                        if k == "messaging.system" and kv.value.string_value:
-                                            messaging = True
-                                    if check_err and k in _ERROR_KEYS and _attr_error((kv,)):
-                                        error = True
-                                        check_err = False
-                            if end < start:
-                                end = start
-                            sp = _Sp(service, span_id, s.parent_span_id, kind, start, end, error,
-                                     msg[:300], peer, messaging)
-                            tr = get_trace(tid)
-                            if tr is None:
-                                tr = _Trace()
-                                self._seq += 1
-                                tr.born = self._seq
-                                traces[tid] = tr
-                                if len(traces) > max_traces:
-                                    old_id, old = traces.popitem(last=False)
-                                    self.m_evicted.labels("trace").inc()
-                                    self._analyse(old_id, old)
-                            spans = tr.spans
-                            if len(spans) >= max_spans:
-                                self.m_evicted.labels("span").inc()
-                                continue
-                            spans.append(sp)
-                            if end > tr.last_end:
-                                tr.last_end = end
-                            fs = tr.first_start
-                            if not fs or start < fs:
-                                tr.first_start = start
-                            tr.last_wall = wall
-                            touched[tid] = tr
-                            if end > wm:
-                                wm = end
+                    if version and rows:
+                        self._note_version(service, version, rows[0][4])
+                    for tid, span_id, parent, kind, start, end, code, msg, peer, messaging, attr_err, excs \
+                            in rows:
+                        if len(tid) != 16 or len(span_id) != 8 or end == 0:
+                            n_bad += 1
+                            continue
+                        n_ok += 1
+                        if code == ERR:
+                            error = True
+                            for m in excs:
+                                if m not in msg:
+                                    msg = f"{msg}; {m}" if msg else m
+                        else:
+                            error = code == UNSET and attr_err
+                        if end < start:
+                            end = start
+                        sp = _Sp(service, span_id, parent, kind, start, end, error, msg[:300], peer,
+                                 messaging)
+                        tr = get_trace(tid)
+                        if tr is None:
+                            tr = _Trace()
+                            self._seq += 1
+                            tr.born = self._seq
+                            traces[tid] = tr
+                            if len(traces) > max_traces:
+                                old_id, old = traces.popitem(last=False)
+                                self.m_evicted.labels("trace").inc()
+                                self._analyse(old_id, old)
+                        spans = tr.spans
+                        if len(spans) >= max_spans:
+                            self.m_evicted.labels("span").inc()
+                            continue
+                        spans.append(sp)
+                        if end > tr.last_end:
+                            tr.last_end = end
+                        fs = tr.first_start
+                        if not fs or start < fs:
+                            tr.first_start = start
+                        tr.last_wall = wall
+                        touched[tid] = tr
+                        if end > wm:
+                            wm = end
             finally:
                 self._watermark = wm
                 if n_ok:
@@ -359,6 +311,7 @@ class SpanSignals:
                 self._index(touched)
             self._expire(wm - self._idle_ns)
             self.m_inflight.set(len(traces))
+        return total
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
         """Error/warn log counts per service bucket, and recent error lines as evidence."""
