@@ -28,6 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from receiver.graph import GraphConfig, ServiceGraph
+from receiver.otlp.spanwire import graph_rows
 
 SERVICES_ROTATING = ["cart", "catalog", "shipping", "email", "currency", "recommendation", "ad"]
 DELAYED = {"payments", "shipping", "email"}  # their spans are sent one request later
@@ -158,28 +159,35 @@ def _throughput(rounds: int) -> None:
         return n
 
     graphs: list[ServiceGraph] = []
+    peer, db = GraphConfig().peer_attributes, GraphConfig().database_name_attributes
 
-    def parse_graph(ps: list[bytes]) -> int:
+    def rows_only(ps: list[bytes]) -> int:
+        for p in ps:
+            graph_rows(p, peer, db)
+        return len(ps) * 512
+
+    def wire_graph(ps: list[bytes]) -> int:
         g = ServiceGraph(GraphConfig())  # fresh: every span is new (no duplicate short-cut)
         graphs.append(g)
         for p in ps:
-            g.consume_traces(parse(p))
+            g.consume_wire(p)
         return len(ps) * 512
 
     dup_graph = ServiceGraph(GraphConfig())
-    parse_graph_dups_setup = [dup_graph.consume_traces(parse(p)) for p in payloads]
-    assert len(parse_graph_dups_setup) == len(payloads)
+    for p in payloads:
+        dup_graph.consume_wire(p)
 
-    def parse_graph_dups(ps: list[bytes]) -> int:
+    def wire_graph_dups(ps: list[bytes]) -> int:
         for p in ps:
-            dup_graph.consume_traces(parse(p))
+            dup_graph.consume_wire(p)
         return len(ps) * 512
 
     cases = [
         ("ParseFromString only (baseline)", parse_only),
         ("ParseFromString + iterate spans (read kind)", parse_iterate),
-        ("ParseFromString + consume_traces (new spans)", parse_graph),
-        ("ParseFromString + consume_traces (all duplicates)", parse_graph_dups),
+        ("spanwire.graph_rows only (the C reader)", rows_only),
+        ("consume_wire (new spans: C reader + pairing)", wire_graph),
+        ("consume_wire (all duplicates)", wire_graph_dups),
     ]
     best = {name: 0.0 for name, _ in cases}
     for _ in range(rounds):  # interleaved, so load changes hit every case alike
@@ -224,7 +232,7 @@ def _memory(n_spans: int) -> None:
     t0 = time.perf_counter()
     n = 0
     for req in make_requests(n_spans // 10, seed=11):
-        g.consume_traces(ExportTraceServiceRequest.FromString(req.SerializeToString()))
+        g.consume_wire(req.SerializeToString())
         n += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
     dt = time.perf_counter() - t0
     st = g.stats()
@@ -243,10 +251,10 @@ def _memory(n_spans: int) -> None:
     # allocated whole on its first call), then the pairing store filled with lone client halves
     cfg = g.config
     for req in _lone_clients(cfg.store_max_items, seed=3):
-        g.consume_traces(ExportTraceServiceRequest.FromString(req.SerializeToString()))
+        g.consume_wire(req.SerializeToString())
     g.flush()
     for req in _lone_clients(cfg.store_max_items + 5000, seed=4):
-        g.consume_traces(ExportTraceServiceRequest.FromString(req.SerializeToString()))
+        g.consume_wire(req.SerializeToString())
     st = g.stats()
     gc.collect()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

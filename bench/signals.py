@@ -1,12 +1,13 @@
 """SpanSignals.consume_traces throughput (`python -m bench signals`).
 
-Two workloads, both decoded before timing:
+Two workloads, given to `consume_wire` as wire bytes (the span child's path; a module from
+BENCH_SIGNALS_FILE without `consume_wire` gets them decoded before timing):
   sim:   the simulator's SDK-encoded OTLP requests (5 s steps, a cpu fault half way);
   synth: bench/ingest.py's pre-built 512-span requests (10 services, 8-9 span traces), the pool of
          100 sent 3 times like the ingest client does: timestamps and trace ids are reused, so event
          time never advances and the buffered traces only grow (no trace is complete before flush).
-Rows per workload: ServiceGraph.consume_traces + flush (the baseline, same input, same run) and
-SpanSignals.consume_traces + flush, default configs. CPU seconds (process time), best of
+Rows per workload: ServiceGraph.consume_wire + flush (the baseline, same input, same run) and
+SpanSignals.consume_wire + flush, default configs. CPU seconds (process time), best of
 BENCH_SIGNALS_REPEATS (default 3) runs on fresh instances.
 
 BENCH_SIGNALS_FILE=/path/to/signals.py times another version of the module instead (e.g. an older
@@ -45,29 +46,35 @@ def _signals_module() -> ModuleType:
     return mod
 
 
-def _sim_requests() -> list[ExportTraceServiceRequest]:
+def _sim_requests() -> list[bytes]:
     sim = Simulator(seed=1, faults=[Fault("cpu", "payment", start_s=120.0)], rate_per_s=20.0)
-    return [tr for _, tr, _ in sim.run_virtual(240.0, 5.0)]
+    return [tr.SerializeToString() for _, tr, _ in sim.run_virtual(240.0, 5.0)]
 
 
-def _synth_requests() -> list[ExportTraceServiceRequest]:
+def _synth_requests() -> list[bytes]:
     from bench.ingest import build_trace_requests
 
-    reqs = [ExportTraceServiceRequest.FromString(b) for b in build_trace_requests()]
-    return reqs * 3  # as the ingest client sends them: the pool over and over (trace ids recur)
+    return build_trace_requests() * 3  # as the ingest client sends them: the pool over and over
 
 
-def _spans(reqs: list[ExportTraceServiceRequest]) -> int:
-    return sum(len(ss.spans) for r in reqs for rs in r.resource_spans for ss in rs.scope_spans)
+def _spans(reqs: list[bytes]) -> int:
+    return sum(len(ss.spans) for b in reqs for rs in ExportTraceServiceRequest.FromString(b).resource_spans
+               for ss in rs.scope_spans)
 
 
-def _best(make: Callable[[], Any], reqs: list[ExportTraceServiceRequest], repeats: int) -> float:
+def _best(make: Callable[[], Any], reqs: list[bytes], repeats: int) -> float:
     best = float("inf")
+    decoded = [ExportTraceServiceRequest.FromString(b) for b in reqs]
     for _ in range(repeats):
         consumer = make()
+        wire = getattr(consumer, "consume_wire", None)
         t = time.process_time()
-        for r in reqs:
-            consumer.consume_traces(r)
+        if wire is not None:
+            for b in reqs:
+                wire(b)
+        else:
+            for r in decoded:
+                consumer.consume_traces(r)
         consumer.flush()
         best = min(best, time.process_time() - t)
     return best
@@ -83,8 +90,8 @@ def main() -> None:
         reqs = build()
         n = _spans(reqs)
         rows = (
-            ("ServiceGraph consume_traces+flush (base)", lambda: ServiceGraph(GraphConfig())),
-            ("SpanSignals consume_traces+flush", lambda: mod.SpanSignals(mod.SignalsConfig())),
+            ("ServiceGraph consume_wire+flush (base)", lambda: ServiceGraph(GraphConfig())),
+            ("SpanSignals consume_wire+flush", lambda: mod.SpanSignals(mod.SignalsConfig())),
         )
         for label, make in rows:
             s = _best(make, reqs, repeats)

@@ -211,3 +211,27 @@ def test_bad_arguments_are_type_errors() -> None:
         spanwire.check_spans("not bytes")  # type: ignore[arg-type]
     with pytest.raises(spanwire.WireError, match="truncated varint"):
         spanwire.check_spans(b"\x0a\x80")
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out) + bytes([n])
+
+
+def test_enum_fields_keep_the_low_32_bits_signed() -> None:
+    """protobuf reads an enum varint as int32: 2**32 + 3 is CLIENT, a 10-byte -1 stays -1."""
+    ids = _field(1, b"\x01" * 16) + _field(2, b"\x02" * 8)
+    client = ids + b"\x30" + _varint(2**32 + 3)  # field 6 (kind), varint
+    odd = ids + b"\x30" + _varint(-1) + _field(15, b"\x18" + _varint(-2))  # status.code = -2
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "s"
+    buf = _field(1, rs.SerializeToString() + _field(2, _field(2, client) + _field(2, odd)))
+    _same(buf)
+    (svc, _, rows), = spanwire.signal_rows(buf, PEER)[0]
+    assert [(r[3], r[6]) for r in rows] == [(3, 0), (-1, -2)]
+    assert [r[0] for r in spanwire.graph_rows(buf, PEER, DB)[0]] == [3]

@@ -215,7 +215,8 @@ static int decode_kvs(KV *kvs, Py_ssize_t n) {
 
 typedef struct {
     Slice trace_id, span_id, parent, status_msg;
-    uint64_t kind, start, end, status_code;
+    int32_t kind, status_code; /* enums: protobuf keeps the low 32 bits of the varint, signed */
+    uint64_t start, end;
     /* attributes (decoded on demand), link and event slices, collected in order */
     KV *attrs;
     Py_ssize_t n_attrs, cap_attrs;
@@ -293,8 +294,10 @@ static int read_span(Slice sp, Span *o, int collect) {
                 int swt, sr;
                 while ((sr = next_field(&sb, &sf, &swt)) == 1) {
                     if (sf == 3 && swt == WT_VARINT) {
-                        if (read_varint(&sb, &o->status_code) < 0)
+                        uint64_t v;
+                        if (read_varint(&sb, &v) < 0)
                             return -1;
+                        o->status_code = (int32_t)(uint32_t)v;
                     } else if (sf == 2 && swt == WT_LEN) {
                         if (read_len(&sb, &o->status_msg) < 0)
                             return -1;
@@ -308,8 +311,10 @@ static int read_span(Slice sp, Span *o, int collect) {
             }
             }
         } else if (f == 6 && wt == WT_VARINT) {
-            if (read_varint(&b, &o->kind) < 0)
+            uint64_t v;
+            if (read_varint(&b, &v) < 0)
                 return -1;
+            o->kind = (int32_t)(uint32_t)v;
         } else if ((f == 7 || f == 8) && wt == WT_I64) {
             if (b.end - b.p < 8)
                 return fail("truncated fixed64");
@@ -489,7 +494,7 @@ static int row_span(Slice s, void *vctx, Py_ssize_t pi) {
     }
     if (read_span(s, o, 1) < 0)
         return -1;
-    uint64_t kind = o->kind;
+    int32_t kind = o->kind;
     if (kind < K_SERVER || kind > K_CONSUMER)
         return 0;
     int client = kind == K_CLIENT || kind == K_PRODUCER;
@@ -535,7 +540,7 @@ static int row_span(Slice s, void *vctx, Py_ssize_t pi) {
         links = Py_NewRef(Py_None);
     }
     {
-        PyObject *k = PyLong_FromUnsignedLongLong(kind), *l = PyFloat_FromDouble(lat),
+        PyObject *k = PyLong_FromLong(kind), *l = PyFloat_FromDouble(lat),
                  *e = PyLong_FromUnsignedLongLong(o->end);
         row = k && l && e ? PyTuple_New(10) : NULL;
         if (!row) {
@@ -795,7 +800,7 @@ static int sig_span(Slice s, void *vctx, Py_ssize_t pi) {
         return -1;
     Slice peer = {s.p, 0};
     int messaging = 0, aerr = 0;
-    uint64_t kind = o->kind, code = o->status_code;
+    int32_t kind = o->kind, code = o->status_code;
     int client = kind == K_CLIENT || kind == K_PRODUCER;
     if (client || code == 0) {
         if (decode_kvs(o->attrs, o->n_attrs) < 0)
@@ -824,10 +829,10 @@ static int sig_span(Slice s, void *vctx, Py_ssize_t pi) {
     v[0] = bytes_of(c, o->trace_id);
     v[1] = bytes_of(c, o->span_id);
     v[2] = bytes_of(c, o->parent);
-    v[3] = PyLong_FromUnsignedLongLong(kind);
+    v[3] = PyLong_FromLong(kind);
     v[4] = PyLong_FromUnsignedLongLong(o->start);
     v[5] = PyLong_FromUnsignedLongLong(o->end);
-    v[6] = PyLong_FromUnsignedLongLong(code);
+    v[6] = PyLong_FromLong(code);
     v[7] = str_of(c, o->status_msg);
     v[8] = str_of(c, peer);
     v[9] = Py_NewRef(messaging ? Py_True : Py_False);
