@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     label = {
         "baseline": "baseline: grpc.aio + ParseFromString only",
         "receiver": "receiver, no-op consumer",
-        "graph": "receiver + ServiceGraph",
+        "graph": "receiver + ServiceGraph in-process (the app runs it in a child: bench.ingest_split)",
         "full": "receiver, queue full: items REFUSED",
     }
     print()
