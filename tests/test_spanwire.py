@@ -235,3 +235,17 @@ def test_enum_fields_keep_the_low_32_bits_signed() -> None:
     (svc, _, rows), = spanwire.signal_rows(buf, PEER)[0]
     assert [(r[3], r[6]) for r in rows] == [(3, 0), (-1, -2)]
     assert [r[0] for r in spanwire.graph_rows(buf, PEER, DB)[0]] == [3]
+
+
+def test_validation_falls_back_to_the_decoded_request(caplog: pytest.LogCaptureFixture) -> None:
+    """Should the C reader ever refuse bytes protobuf accepted, the receiver checks the decoded request
+    instead of failing the export (here: bytes that do not match the request at all)."""
+    from receiver.otlp.validate import validate_traces
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.scope_spans.add().spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 3, name="short id")
+    v = validate_traces(req, raw=b"\x0a\x80")
+    assert (v.total, v.rejected) == (1, 1)
+    assert "span_id is 3 bytes" in v.message
+    assert "spanwire refused" in caplog.text
