@@ -85,8 +85,9 @@ class Pipeline:
             self.logs = LogsStage(LogsConfig(windows=WindowsConfig(tumbling_s=30.0)), self.detector)
 
     def consume(self, traces, logs) -> None:  # noqa: ANN001 - OTLP requests
-        self.graph.consume_traces(traces)
-        self.signals.consume_traces(traces)
+        raw = traces.SerializeToString()  # both read the wire bytes: serialize once
+        self.graph.consume_wire(raw)
+        self.signals.consume_wire(raw)
         self.signals.consume_logs(logs)
         if self.logs is not None:
             self.logs.consume_logs(logs)
