@@ -352,6 +352,44 @@ static int each(Slice msg, uint32_t field, each_fn fn, void *ctx) {
     return r < 0 ? -1 : 0;
 }
 
+/* A ResourceSpans' service.name and service.version: the string value of the FIRST attribute with
+ * each key (pdata's Get() in the Collector), across all occurrences of `resource` (they merge); empty
+ * when the key is missing or its value is not a string. */
+typedef struct {
+    Slice svc, ver;
+    int has_svc, has_ver;
+} Names;
+
+static int names_attr(Slice s, void *vctx, Py_ssize_t i) {
+    Names *o = vctx;
+    KV kv;
+    (void)i;
+    if (o->has_svc && o->has_ver)
+        return 0;
+    if (read_keyvalue(s, &kv) < 0)
+        return -1;
+    if (!o->has_svc && kv.key.n == 12 && memcmp(kv.key.p, "service.name", 12) == 0) {
+        o->svc = kv.str;
+        o->has_svc = 1;
+    } else if (!o->has_ver && kv.key.n == 15 && memcmp(kv.key.p, "service.version", 15) == 0) {
+        o->ver = kv.str;
+        o->has_ver = 1;
+    }
+    return 0;
+}
+
+static int names_msg(Slice s, void *vctx, Py_ssize_t i) {
+    (void)i;
+    return each(s, 1, names_attr, vctx); /* Resource.attributes */
+}
+
+static int resource_names(Slice rs, Names *o) {
+    o->svc.p = o->ver.p = rs.p;
+    o->svc.n = o->ver.n = 0;
+    o->has_svc = o->has_ver = 0;
+    return each(rs, 1, names_msg, o); /* ResourceSpans.resource */
+}
+
 /* ============================================================================ check_spans(buf) */
 /* (total spans, [(resource index, scope index, span index) of spans with ids we never accept]):
  * trace_id 16 bytes not all zero, span_id 8 bytes not all zero, parent_span_id empty or 8 bytes. */
@@ -436,7 +474,6 @@ typedef struct {
     PyObject *db;     /* tuple of bytes */
     PyObject *unknown;
     Py_ssize_t total, skipped;
-    Slice svc_slice;
     int has_svc;
 } RowsCtx;
 
@@ -578,36 +615,16 @@ static int row_scope(Slice s, void *vctx, Py_ssize_t si) {
     return each(s, 2, row_span, vctx);
 }
 
-/* service.name: the first resource attribute with that key, across all occurrences of `resource` */
-static int resource_attr(Slice s, void *vctx, Py_ssize_t i) {
-    RowsCtx *c = vctx;
-    (void)i;
-    if (c->svc_slice.p)
-        return 0;
-    KV kv;
-    if (read_keyvalue(s, &kv) < 0)
-        return -1;
-    if (kv.key.n == 12 && memcmp(kv.key.p, "service.name", 12) == 0)
-        c->svc_slice = kv.str; /* .p is never NULL: marks "found" even when the value is empty */
-    return 0;
-}
-
-static int resource_msg(Slice s, void *vctx, Py_ssize_t i) {
-    (void)i;
-    return each(s, 1, resource_attr, vctx);
-}
-
 static int row_resource(Slice s, void *vctx, Py_ssize_t ri) {
     RowsCtx *c = vctx;
     (void)ri;
-    c->svc_slice.p = NULL;
-    c->svc_slice.n = 0;
-    if (each(s, 1, resource_msg, c) < 0)
+    Names names;
+    if (resource_names(s, &names) < 0)
         return -1;
-    c->has_svc = c->svc_slice.n > 0;
+    c->has_svc = names.svc.n > 0;
     c->svc = NULL;
     if (c->has_svc) {
-        c->svc = PyUnicode_DecodeUTF8((const char *)c->svc_slice.p, c->svc_slice.n, "replace");
+        c->svc = PyUnicode_DecodeUTF8((const char *)names.svc.p, names.svc.n, "replace");
         if (!c->svc)
             return -1;
     }
@@ -657,8 +674,7 @@ static PyObject *graph_rows(PyObject *self, PyObject *args) {
 /* ================================================================= signal_rows(buf, peer) */
 /* Rows for the RCA span signals, every span, grouped by resource:
  *   ([(service, version, [span row, ...]), ...], total spans)
- * service / version: the last non-empty string value of `service.name` / `service.version` among the
- * resource attributes ("" if none). Span row:
+ * service / version: as `resource_names` ("" if none). Span row:
  *   (trace_id, span_id, parent_span_id, kind, start_ns, end_ns, status_code, status_message,
  *    peer, messaging, attr_error, exceptions)
  * peer / messaging, for CLIENT and PRODUCER spans only (else "" / False): peer = the non-empty string
@@ -672,7 +688,6 @@ typedef struct {
     PyObject *peer; /* tuple of bytes, no duplicates */
     PyObject *out, *spans, *empty_bytes, *empty_str;
     Py_ssize_t total;
-    Slice svc, ver;
 } SigCtx;
 
 static int key_is(Slice k, const char *lit) {
@@ -695,26 +710,6 @@ static int last_str_kv(Slice s, void *vctx, Py_ssize_t i) {
     if (kv.str.n && key_is(kv.key, c->key))
         *c->found = kv.str;
     return 0;
-}
-
-static int sig_resource_attr(Slice s, void *vctx, Py_ssize_t i) {
-    SigCtx *c = vctx;
-    KV kv;
-    (void)i;
-    if (read_keyvalue(s, &kv) < 0)
-        return -1;
-    if (kv.str.n) {
-        if (key_is(kv.key, "service.name"))
-            c->svc = kv.str;
-        else if (key_is(kv.key, "service.version"))
-            c->ver = kv.str;
-    }
-    return 0;
-}
-
-static int sig_resource_msg(Slice s, void *vctx, Py_ssize_t i) {
-    (void)i;
-    return each(s, 1, sig_resource_attr, vctx);
 }
 
 static int attr_error(KV *kv) {
@@ -864,11 +859,10 @@ static int sig_scope(Slice s, void *vctx, Py_ssize_t si) {
 static int sig_resource(Slice s, void *vctx, Py_ssize_t ri) {
     SigCtx *c = vctx;
     (void)ri;
-    c->svc.p = c->ver.p = s.p;
-    c->svc.n = c->ver.n = 0;
-    if (each(s, 1, sig_resource_msg, c) < 0)
+    Names names;
+    if (resource_names(s, &names) < 0)
         return -1;
-    PyObject *svc = str_of(c, c->svc), *ver = str_of(c, c->ver);
+    PyObject *svc = str_of(c, names.svc), *ver = str_of(c, names.ver);
     c->spans = PyList_New(0);
     PyObject *group = NULL;
     int r = -1;

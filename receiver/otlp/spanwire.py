@@ -12,7 +12,8 @@ and the path for requests that exist only as objects):
   attribute of that key); `total` counts all spans, `skipped` those of resources without a name.
 
 * `signal_rows(buf, peer_keys)` -> `(resources, total)`: every span, grouped by resource as
-  `(service, version, [SignalRow, ...])`, with what the RCA span signals read (see `SignalRow`).
+  `(service, version, [SignalRow, ...])`, with what the RCA span signals read (see `SignalRow`);
+  service and version are read as for the graph (the first attribute of that key), "" if none.
 
 Why C: through the protobuf Python API a field read costs 50-250 ns and the graph needs about eight
 per span plus an attribute scan (2-3 us/span); walking the wire bytes costs tens of ns per span.
@@ -116,11 +117,7 @@ def graph_rows_reference(req: ExportTraceServiceRequest, peer_keys: Sequence[str
     total = skipped = 0
     db_set = set(db_keys)
     for rs in req.resource_spans:
-        svc = ""
-        for kv in rs.resource.attributes:
-            if kv.key == "service.name":
-                svc = kv.value.string_value
-                break
+        svc = _first_str(rs.resource.attributes, "service.name")
         for ss in rs.scope_spans:
             total += len(ss.spans)
             if not svc:
@@ -154,6 +151,15 @@ def graph_rows_reference(req: ExportTraceServiceRequest, peer_keys: Sequence[str
 
 
 _ERROR_KEYS = ("http.status_code", "http.response.status_code")
+
+
+def _first_str(attrs: Any, key: str) -> str:
+    """The string value of the first attribute named `key` ("" if none, or not a string): how the
+    Collector's pdata reads an attribute map."""
+    for kv in attrs:
+        if kv.key == key:
+            return kv.value.string_value
+    return ""
 
 
 def _last_str(attrs: Any, key: str) -> str:
@@ -207,6 +213,6 @@ def signal_rows_reference(req: ExportTraceServiceRequest,
                     excs = tuple(m for m in msgs if m)
                 rows.append((s.trace_id, s.span_id, s.parent_span_id, kind, s.start_time_unix_nano,
                              s.end_time_unix_nano, code, s.status.message, peer, messaging, aerr, excs))
-        out.append((_last_str(rs.resource.attributes, "service.name"),
-                    _last_str(rs.resource.attributes, "service.version"), rows))
+        out.append((_first_str(rs.resource.attributes, "service.name"),
+                    _first_str(rs.resource.attributes, "service.version"), rows))
     return out, total
