@@ -62,8 +62,8 @@ def _reads(sig: SpanSignals) -> list:
     return [
         nodes, edges, sorted(sig.virtual_nodes()), sig.watermark_ns(), sig.complete_until_ns(),
         [(n, list(nb[n].items())) for n in nodes], [(e, list(eb[e].items())) for e in edges],
-        [(n, [sig.exemplar(n, b, b + 1) for b in nb[n]], sig.exemplar(n, 0, 2**63), sig.exemplar(n, mid, 2**63))
-         for n in nodes],
+        [(n, [sig.exemplar(n, b, b + 1) for b in nb[n]], sig.exemplar(n, 0, 2**63),
+          sig.exemplar(n, mid, 2**63)) for n in nodes],
         [(e, [sig.exemplar(e[1], b, b + 1, caller=e[0]) for b in eb[e]],
           sig.exemplar(e[1], 0, 2**63, caller=e[0])) for e in edges],
         [(n, sig.samples(n), sig.samples(n, since_ns=mid), sig.samples(n, 0, mid)) for n in names],
@@ -113,7 +113,8 @@ def _sim_traffic() -> list:
     out: list = []
     for seed, fault, rate, dur in ((1, Fault("cpu", "payment", start_s=60.0), 20.0, 120.0),
                                    (3, Fault("db_down", "postgres", start_s=40), 5.0, 80.0),
-                                   (4, Fault("wrong_value", "inventory", caller="cart", start_s=30), 5.0, 80.0),
+                                   (4, Fault("wrong_value", "inventory", caller="cart", start_s=30), 5.0,
+                                    80.0),
                                    (5, Fault("bad_deploy", "payment", start_s=40), 5.0, 80.0)):
         sim = Simulator(seed=seed, faults=[fault], rate_per_s=rate, start_ns=START_NS)
         out += [(tr.SerializeToString(), lg) for _, tr, lg in sim.run_virtual(dur, 2.5)]
@@ -197,7 +198,8 @@ def _hand_request(r: int) -> tuple[ExportTraceServiceRequest, ExportLogsServiceR
     # A: gateway -> cart:8080 (canonicalised) -> cart fails with exceptions; cart -> postgres db fails
     t = b
     add("gateway", t, 0, None, SRV, 0, 10_000_000)
-    add("gateway", t, 1, 0, CLI, 1_000_000, 9_000_000, code=2 if r % 2 else 0, attrs={"peer.service": "cart:8080"})
+    add("gateway", t, 1, 0, CLI, 1_000_000, 9_000_000, code=2 if r % 2 else 0,
+        attrs={"peer.service": "cart:8080"})
     add("cart", t, 2, 1, SRV, 2_000_000, 8_000_000, code=2, msg="cart broke",
         excs=["KeyError: sku", "cart broke", "Timeout"])
     add("cart", t, 3, 2, CLI, 3_000_000, 7_000_000 + r * 1000, code=2 if r % 3 else 0,
@@ -244,7 +246,8 @@ def _hand_request(r: int) -> tuple[ExportTraceServiceRequest, ExportLogsServiceR
     add("cart", t, 0, None, SRV, 0, 9_000_000)
     add("cart", t, 1, 0, CLI, 100_000, 8_000_000, code=2, attrs={"peer.service": "shipping"})
     add("shipping", t, 2, 1, SRV, 200_000, 7_000_000 + r * 10, code=2 if r % 2 else 0, msg="no route")
-    add("shipping", t, 3, 2, CLI, 300_000, 6_000_000, code=2, msg="quote svc 500", attrs={"peer.service": "quote"})
+    add("shipping", t, 3, 2, CLI, 300_000, 6_000_000, code=2, msg="quote svc 500",
+        attrs={"peer.service": "quote"})
     add("quote", t, 4, 3, SRV, 400_000, 5_000_000 + r * 100)
     add("shipping", t, 5, 2, CLI, 300_000, 1_000_000, attrs={"http.response.status_code": "502"})
     # G: a trace split over two requests (the second half arrives next round), unknown service
