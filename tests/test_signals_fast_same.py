@@ -6,9 +6,10 @@ peer and messaging client spans, kindless spans, duplicate/missing/bad ids, deep
 to a SpanSignals with an injected clock, takes every public read mid-run and after flush, and
 compares a SHA-256 of their repr with a constant.
 
-The constants were computed with receiver/rca/signals.py as of commit 6395f86 (before the per-span
-speed-ups), by running `.venv/bin/python -m tests.test_signals_fast_same` (it prints the digests).
-A change in any read, its order, a metric or an eviction changes a digest.
+The constants were computed with receiver/rca/signals.py as of commit aa0ee61 (before the per-span
+speed-ups: `git show aa0ee61:receiver/rca/signals.py`) in place, by running
+`.venv/bin/python -m tests.test_signals_fast_same` (it prints the digests). A change in any read,
+its order, a metric or an eviction changes a digest.
 """
 
 from __future__ import annotations
@@ -260,6 +261,13 @@ def _hand_request(r: int) -> tuple[ExportTraceServiceRequest, ExportLogsServiceR
     add(f"svc{r % 6}", t, 0, None, SRV, 0, 2_000_000)
     add(f"svc{r % 6}", t, 1, 0, CLI, 100_000, 1_900_000, attrs={"peer.service": f"svc{(r + 1) % 6}"})
     add(f"svc{(r + 1) % 6}", t, 2, 1, SRV, 200_000, 1_800_000, code=2 if r % 5 == 0 else 0)
+    # I: children listed before their failing parent, whose message names a peer by its canonical
+    # name (`cart.shop.svc` -> cart, known only once the child was analysed)
+    t = b + 8
+    add("billing", t, 1, 0, CLI, 100_000, 900_000, attrs={"peer.service": "cart.shop.svc"})
+    add("billing", t, 2, 0, CLI, 100_000, 300_000,
+        attrs={"db.system": "redis", "server.address": "cache:6379"})
+    add("billing", t, 0, None, SRV, 0, 1_000_000, code=2, msg="CART said no" if r % 2 else "cache miss")
     version = f"1.{r // 4}.0"
     groups = [(svc, version if svc in ("cart", "payment", "gateway") else "", spans)
               for svc, spans in by.items()]
@@ -293,10 +301,10 @@ EXPECTED = {
     "sim_small": "f56c1f32af5f8e9945942e3b2075da8557b8599ae21987024bf41758ed126276",
     "synth_default": "24b03b359a0716cc8a1e7b576c698939af1bac27123d449ce7ee40347538d076",
     "synth_small": "0fc3fcb7d1a80607a3077e83d8f558508c1618cc3c9e33d2e93e022a391ae1d9",
-    "hand_default": "79442bba41de1d457acd16c3350fb6206ab14f90f651529c635f01e73af7c525",
-    "hand_tiny": "165c249e19cf6ec20da2888ead3004c1a865bce8b771cde1f93ddcd690e42139",
-    "hand_buckets": "2002cb4985f57c94f860521e4d9529e1966aefd8ae1777e5ef7e30aac7c64f0c",
-    "hand_peer_keys": "ff69e3540d84faac2cf4e35b79a8f4d58ffe294f0d44d6932e7b64f0780b9d8f",
+    "hand_default": "c0a52b9ba6603c2a0d76c3a1882b2fe52e46147aff56410684722f8ad2f69a0c",
+    "hand_tiny": "15b2b64aef810d82765dd0a74ca0f2915b544678e408710997039044e036fe45",
+    "hand_buckets": "5545e5cbdffe68bc1208c025efaa79cbd3e8a99ffee9fcfed4ead89bc4713732",
+    "hand_peer_keys": "c8160f37691631653c6d9c2c1913d87d9875df83f45646c2a51bff4df2cbf1ae",
 }
 
 
@@ -323,6 +331,7 @@ def test_scenarios_exercise_the_caps_and_paths() -> None:
     blamed = dict(full[6])[("frontend", "inventory")]
     assert any(row[6] for _, row in blamed)  # E_BLAMED
     assert any(d for _, d, _ in full[10])  # deploys seen
+    assert any(row[6] for _, row in dict(full[6])[("billing", "cart")])
 
 
 if __name__ == "__main__":

@@ -86,8 +86,17 @@ class SignalsConfig(StageConfig):
         require(bool(self.peer_attributes), "signals.peer_attributes", "must not be empty")
 
 
+# A buffered span is a plain tuple (service, span_id, parent_id, kind, start, end, error, message,
+# peer, messaging): building one costs a quarter of a slotted object's __init__, and the cyclic GC
+# stops tracking it after its first pass (buffered spans are most of the live objects). `peer` is
+# the virtual peer name of a CLIENT span ("" if none).
+_SERVICE, _SPAN_ID, _PARENT, _KIND, _START, _END, _ERROR, _MESSAGE, _PEER, _MESSAGING = range(10)
+
+
 @dataclass(slots=True)
 class _Sp:
+    """A read-only view of one buffered span row (for tests and debugging; see _Trace.spans)."""
+
     service: str
     span_id: bytes
     parent_id: bytes
@@ -100,14 +109,20 @@ class _Sp:
     messaging: bool
 
 
-@dataclass(slots=True)
 class _Trace:
-    spans: list[_Sp] = field(default_factory=list)
-    last_end: int = 0
-    first_start: int = 0
-    last_wall: float = 0.0  # monotonic time of the last span received
-    born: int = 0  # arrival order (expired traces are analysed in it)
-    seq: int = 0  # version of its current expiry-heap entry (older entries are stale)
+    __slots__ = ("rows", "last_end", "first_start", "last_wall", "born", "seq")
+
+    def __init__(self, born: int) -> None:
+        self.rows: list[tuple] = []  # span rows, see _SERVICE ...
+        self.last_end = 0
+        self.first_start = 0
+        self.last_wall = 0.0  # monotonic time of the last span received
+        self.born = born  # arrival order (expired traces are analysed in it)
+        self.seq = 0  # version of its current expiry-heap entry (older entries are stale)
+
+    @property
+    def spans(self) -> list[_Sp]:
+        return [_Sp(*r) for r in self.rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,15 +144,15 @@ class _Series:
     def __init__(self, nslots: int) -> None:
         self.buckets: dict[int, list[float]] = {}
         self.nslots = nslots
-        # per bucket: the slowest span (value ns, trace id hex, span id hex)
-        self.exemplars: dict[int, tuple[int, str, str]] = {}
+        # per bucket: the slowest span (value ns, trace id, span id); the ids are hexed when read
+        self.exemplars: dict[int, tuple[int, bytes, bytes]] = {}
 
     def exemplar(self, b: int, value: int, trace_id: bytes, span_id: bytes) -> None:
         if b not in self.buckets:
             return
         cur = self.exemplars.get(b)
         if cur is None or value > cur[0]:
-            self.exemplars[b] = (value, trace_id.hex(), span_id.hex())
+            self.exemplars[b] = (value, trace_id, span_id)
 
     def slot(self, b: int, cap: int, evicted: Counter) -> list[float]:
         row = self.buckets.get(b)
@@ -167,18 +182,29 @@ def _attr_str(attrs: Iterable, keys: list[str]) -> str:
 
 
 def _union_len(intervals: list[tuple[int, int]], lo: int, hi: int) -> int:
+    """The length of the union of the intervals clipped to [lo, hi)."""
+    if len(intervals) == 1:  # the common case: one outgoing call
+        s, e = intervals[0]
+        if s < lo:
+            s = lo
+        if e > hi:
+            e = hi
+        return e - s if e > s else 0
     total = 0
     cur_s = cur_e = None
     for s, e in sorted(intervals):
-        s, e = max(s, lo), min(e, hi)
+        if s < lo:
+            s = lo
+        if e > hi:
+            e = hi
         if e <= s:
             continue
         if cur_e is None or s > cur_e:
             if cur_e is not None:
                 total += cur_e - cur_s  # type: ignore[operator]
             cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
+        elif e > cur_e:
+            cur_e = e
     if cur_e is not None:
         total += cur_e - cur_s  # type: ignore[operator]
     return total
@@ -276,29 +302,25 @@ class SpanSignals:
                             error = code == UNSET and attr_err
                         if end < start:
                             end = start
-                        sp = _Sp(service, span_id, parent, kind, start, end, error, msg[:300], peer,
-                                 messaging)
                         tr = get_trace(tid)
                         if tr is None:
-                            tr = _Trace()
                             self._seq += 1
-                            tr.born = self._seq
-                            traces[tid] = tr
+                            tr = traces[tid] = _Trace(self._seq)
                             if len(traces) > max_traces:
                                 old_id, old = traces.popitem(last=False)
                                 self.m_evicted.labels("trace").inc()
                                 self._analyse(old_id, old)
-                        spans = tr.spans
+                        spans = tr.rows
                         if len(spans) >= max_spans:
                             self.m_evicted.labels("span").inc()
                             continue
-                        spans.append(sp)
+                        spans.append((service, span_id, parent, kind, start, end, error, msg[:300], peer,
+                                      messaging))
                         if end > tr.last_end:
                             tr.last_end = end
                         fs = tr.first_start
                         if not fs or start < fs:
                             tr.first_start = start
-                        tr.last_wall = wall
                         touched[tid] = tr
                         if end > wm:
                             wm = end
@@ -308,6 +330,8 @@ class SpanSignals:
                     self.m_spans.inc(n_ok)
                 if n_bad:
                     self.m_bad.inc(n_bad)
+                for tr in touched.values():
+                    tr.last_wall = wall
                 self._index(touched)
             self._expire(wm - self._idle_ns)
             self.m_inflight.set(len(traces))
@@ -357,11 +381,13 @@ class SpanSignals:
         traces = self._traces
         by_end = self._by_end
         push = heapq.heappush
+        seq = self._seq
         for tid, tr in touched.items():
             if traces.get(tid) is tr:  # not analysed early (max_traces) in the same request
-                self._seq += 1
-                tr.seq = self._seq
-                push(by_end, (tr.last_end, self._seq, tid))
+                seq += 1
+                tr.seq = seq
+                push(by_end, (tr.last_end, seq, tid))
+        self._seq = seq
         # stale entries pile up when event time stalls: compact (amortised O(1) per entry)
         limit = 2 * len(traces) + 1024
         if len(by_end) > limit:
@@ -379,8 +405,7 @@ class SpanSignals:
         wall_before = self._clock() - self.config.trace_wall_idle_s
         traces = self._traces
         if before_ns is None:
-            for tid in list(traces):
-                self._analyse(tid, traces.pop(tid))
+            self._analyse_many([(tid, traces.pop(tid)) for tid in list(traces)])
             self._by_end.clear()
             self._by_wall.clear()
             return
@@ -405,8 +430,7 @@ class SpanSignals:
         for e in back:
             push(by_end, e)
         done.sort()
-        for _, tid in done:
-            self._analyse(tid, traces.pop(tid))
+        self._analyse_many([(tid, traces.pop(tid)) for _, tid in done])
 
     def _note_version(self, service: str, version: str, t_ns: int) -> None:
         prev = self._versions.get(service)
@@ -470,132 +494,202 @@ class SpanSignals:
         return t // self._bucket_ns * self._bucket_ns
 
     def _analyse(self, trace_id: bytes, tr: _Trace) -> None:
-        """Add one complete trace to the buckets. A span is an ENTRY of its service when it is a
-        SERVER/CONSUMER span or its parent belongs to another service (or is missing): so traces
-        whose span kinds are unset still yield edges and exclusive times."""
+        """Add one complete trace to the buckets."""
         self.m_traces.inc()
+        self._add_trace(trace_id, tr.rows)
+
+    def _analyse_many(self, items: Iterable[tuple[bytes, _Trace]]) -> None:
+        """_analyse each (trace id, trace), counting them in one metric update."""
+        n = 0
+        try:
+            for tid, tr in items:
+                n += 1
+                self._add_trace(tid, tr.rows)
+        finally:
+            if n:
+                self.m_traces.inc(n)
+
+    def _add_trace(self, trace_id: bytes, spans: list[tuple]) -> None:
+        """A span is an ENTRY of its service when it is a SERVER/CONSUMER span or its parent belongs
+        to another service (or is missing): so traces whose span kinds are unset still yield edges
+        and exclusive times. Nodes and edges are looked up inline (the hot path of _node/_edge and
+        _Series.slot/exemplar, in the same order, so the LRU order and evictions are the same)."""
         cap, ev = self.config.max_buckets, self.m_evicted
         bns = self._bucket_ns
-        by_id = {s.span_id: s for s in tr.spans}
-        children: dict[bytes, list[_Sp]] = {}
-        for s in tr.spans:
-            if s.parent_id and s.parent_id in by_id:
-                children.setdefault(s.parent_id, []).append(s)
+        nodes, edges = self._nodes, self._edges
+        by_id = {sp[_SPAN_ID]: sp for sp in spans}
+        children: dict[bytes, list[tuple]] = {}
+        # id(span row) -> the canonical name of its peer, for CLIENT spans to a virtual node analysed
+        # so far (_called_services reads it, for spans analysed before the failing one)
+        canon_peers: dict[int, str] = {}
+        for sp in spans:
+            p = sp[_PARENT]
+            if p in by_id:  # never b"" (a root): span ids are 8 bytes
+                kids = children.get(p)
+                if kids is None:
+                    children[p] = [sp]
+                else:
+                    kids.append(sp)
+        get_kids = children.get
 
-        # error subtree: does any descendant fail?
+        # error subtree: does any descendant fail? (memoised per span id, walked at most 200 deep)
         has_err_desc: dict[bytes, bool] = {}
 
-        def err_below(sp: _Sp, depth: int = 0) -> bool:
-            if sp.span_id in has_err_desc:
-                return has_err_desc[sp.span_id]
+        def err_below(sp: tuple, depth: int = 0) -> bool:
+            sid = sp[_SPAN_ID]
+            if sid in has_err_desc:
+                return has_err_desc[sid]
             res = False
             if depth < 200:
-                for c in children.get(sp.span_id, ()):
-                    if c.error or err_below(c, depth + 1):
+                for c in get_kids(sid, ()):
+                    if c[_ERROR] or err_below(c, depth + 1):
                         res = True
-            has_err_desc[sp.span_id] = res
+            has_err_desc[sid] = res
             return res
 
-        for sp in tr.spans:
-            dur = sp.end - sp.start
-            kids = children.get(sp.span_id, ())
-            parent = by_id.get(sp.parent_id) if sp.parent_id else None
-            entry = sp.kind in (K_SERVER, K_CONSUMER) or (
-                sp.kind not in (K_CLIENT, K_PRODUCER) and (parent is None or parent.service != sp.service))
-            if entry:
-                node = self._node(sp.service)
+        for sp in spans:
+            service, span_id, parent_id, kind, start, end, error, message, peer, messaging = sp
+            dur = end - start
+            kids = get_kids(span_id)  # None: a leaf
+            parent = by_id.get(parent_id)
+            if kind == K_SERVER or kind == K_CONSUMER or (kind != K_CLIENT and kind != K_PRODUCER and (
+                    parent is None or parent[_SERVICE] != service)):
+                # an entry span: a call into `service`
+                node = nodes.get(service)
                 if node is None:
-                    continue
-                b = sp.start // bns * bns
-                row = node.slot(b, cap, ev)
+                    node = self._node(service)
+                else:
+                    nodes.move_to_end(service)
+                b = start // bns * bns
+                buckets = node.buckets
+                row = buckets.get(b)
+                if row is None:
+                    row = node.slot(b, cap, ev)
                 row[N_CALLS] += 1
-                row[N_ERRORS] += sp.error
+                row[N_ERRORS] += error
                 row[N_LAT] += dur
                 # exclusive time: minus the time spent in this service's outgoing calls
-                if kids:
+                if kids is not None:
                     calls: list[tuple[int, int]] = []
                     stack = list(kids)
                     while stack:
                         c = stack.pop()
-                        if c.service != sp.service or c.kind in (K_CLIENT, K_PRODUCER):
-                            calls.append((c.start, c.end))
+                        ck = c[_KIND]
+                        if c[_SERVICE] != service or ck == K_CLIENT or ck == K_PRODUCER:
+                            calls.append((c[_START], c[_END]))
                         else:
-                            stack.extend(children.get(c.span_id, ()))
-                    self_ns = max(0, dur - _union_len(calls, sp.start, sp.end))
+                            more = get_kids(c[_SPAN_ID])
+                            if more is not None:
+                                stack.extend(more)
+                    self_ns = dur - _union_len(calls, start, end)
+                    if self_ns < 0:
+                        self_ns = 0
                 else:
                     self_ns = dur  # >= 0: end >= start
                 row[N_SELF] += self_ns
                 row[N_SELF_N] += 1
-                node.exemplar(b, self_ns, trace_id, sp.span_id)
+                if b in buckets:  # _Series.exemplar: not when the new bucket was the one evicted
+                    ex = node.exemplars.get(b)
+                    if ex is None or self_ns > ex[0]:
+                        node.exemplars[b] = (self_ns, trace_id, span_id)
                 # the edge from the calling service (its client span when there is one)
-                if parent is not None and parent.service != sp.service:
-                    client_like = parent.kind in (K_CLIENT, K_PRODUCER)
-                    ctype = "messaging_system" if parent.kind == K_PRODUCER or sp.kind == K_CONSUMER else ""
-                    eseries = self._edge(parent.service, sp.service, ctype)
-                    cb = parent.start // bns * bns
-                    erow = eseries.slot(cb, cap, ev)
+                if parent is not None and parent[_SERVICE] != service:
+                    caller, pkind, pstart = parent[_SERVICE], parent[_KIND], parent[_START]
+                    client_like = pkind == K_CLIENT or pkind == K_PRODUCER
+                    messaging_edge = pkind == K_PRODUCER or kind == K_CONSUMER
+                    key = (caller, service)
+                    eseries = edges.get(key)
+                    if eseries is None:
+                        eseries = self._edge(caller, service, "messaging_system" if messaging_edge else "")
+                    else:
+                        edges.move_to_end(key)
+                    cb = pstart // bns * bns
+                    erow = eseries.buckets.get(cb)
+                    if erow is None:
+                        erow = eseries.slot(cb, cap, ev)
                     erow[E_CALLS] += 1
-                    erow[E_ERRORS] += sp.error or (client_like and parent.error)
+                    erow[E_ERRORS] += error or (client_like and parent[_ERROR])
                     erow[E_SERVER_LAT] += dur
                     if client_like:
-                        erow[E_CLIENT_LAT] += parent.end - parent.start
-                        if ctype == "":
-                            gap_ns = max(0, (parent.end - parent.start) - dur)
+                        client_ns = parent[_END] - pstart
+                        erow[E_CLIENT_LAT] += client_ns
+                        if not messaging_edge:
+                            gap_ns = client_ns - dur
+                            if gap_ns < 0:
+                                gap_ns = 0
                             erow[E_GAP] += gap_ns
                             erow[E_GAP_N] += 1
-                            eseries.exemplar(cb, gap_ns, trace_id, parent.span_id)
+                            eseries.exemplar(cb, gap_ns, trace_id, parent[_SPAN_ID])
                     else:
                         erow[E_CLIENT_LAT] += dur
-            elif sp.kind == K_CLIENT and sp.peer and not any(c.service != sp.service for c in kids):
-                peer = self._canon(sp)
-                if peer != sp.service:
-                    sp.peer = peer
-                    if peer not in self._instrumented:
-                        self._virtual.add(peer)
-                    ctype = "database" if not sp.messaging else "messaging_system"
-                    b = sp.start // bns * bns
-                    erow = self._edge(sp.service, peer, ctype).slot(b, cap, ev)
-                    erow[E_CALLS] += 1
-                    erow[E_ERRORS] += sp.error
-                    erow[E_CLIENT_LAT] += dur
-                    erow[E_SERVER_LAT] += dur
-                    node = self._node(peer)
-                    if node is not None:
-                        row = node.slot(b, cap, ev)
+            elif kind == K_CLIENT:
+                remote = None  # the service of its first child span in another service
+                if kids is not None:
+                    for c in kids:
+                        if c[_SERVICE] != service:
+                            remote = c[_SERVICE]
+                            break
+                if peer and remote is None:
+                    # a call to an uninstrumented peer (a database, a cache ...): a virtual node
+                    peer = self._canon(peer)
+                    if peer != service:
+                        canon_peers[id(sp)] = peer
+                        if peer not in self._instrumented:
+                            self._virtual.add(peer)
+                        b = start // bns * bns
+                        key = (service, peer)
+                        eseries = edges.get(key)
+                        if eseries is None:
+                            ctype = "messaging_system" if messaging else "database"
+                            eseries = self._edge(service, peer, ctype)
+                        else:
+                            edges.move_to_end(key)
+                        erow = eseries.buckets.get(b)
+                        if erow is None:
+                            erow = eseries.slot(b, cap, ev)
+                        erow[E_CALLS] += 1
+                        erow[E_ERRORS] += error
+                        erow[E_CLIENT_LAT] += dur
+                        erow[E_SERVER_LAT] += dur
+                        node = nodes.get(peer)
+                        if node is None:
+                            node = self._node(peer)
+                        else:
+                            nodes.move_to_end(peer)
+                        row = node.buckets.get(b)
+                        if row is None:
+                            row = node.slot(b, cap, ev)
                         row[N_CALLS] += 1
-                        row[N_ERRORS] += sp.error
+                        row[N_ERRORS] += error
                         row[N_LAT] += dur
                         row[N_SELF] += dur
                         row[N_SELF_N] += 1
-                        node.exemplar(b, dur, trace_id, sp.span_id)
+                        node.exemplar(b, dur, trace_id, span_id)
 
             # deepest failing span: attribute the failure
-            if sp.error and not err_below(sp):
-                blame = sp.service
-                if sp.kind == K_CLIENT:
-                    remote = [c for c in kids if c.service != sp.service]
-                    if remote:
-                        blame = remote[0].service
-                    elif sp.peer:
-                        blame = self._canon(sp)
+            if error and not err_below(sp):
+                blame = service
+                if kind == K_CLIENT:  # the branch above set `remote`, and `peer` to its canonical name
+                    if remote is not None:
+                        blame = remote
+                    elif peer:
+                        blame = peer
                 node = self._node(blame)
-                if node is not None:
-                    node.slot(sp.start // bns * bns, cap, ev)[N_DEEP] += 1
+                node.slot(start // bns * bns, cap, ev)[N_DEEP] += 1
                 self._add_sample(self._span_samples, Sample(
-                    blame, sp.end, trace_id.hex(), sp.span_id.hex(),
-                    f"{sp.service} span failed: {sp.message or 'status ERROR'}"))
-                if blame == sp.service and sp.message:
+                    blame, end, trace_id.hex(), span_id.hex(),
+                    f"{service} span failed: {message or 'status ERROR'}"))
+                if blame == service and message:
                     # does the caller's own error name one of the services it called?
-                    low = sp.message.lower()
-                    for callee in self._called_services(sp, children):
+                    low = message.lower()
+                    for callee in self._called_services(sp, children, canon_peers):
                         if callee.lower() in low:
-                            eb = sp.start // bns * bns
-                            self._edge(sp.service, callee, "").slot(eb, cap, ev)[E_BLAMED] += 1
+                            eb = start // bns * bns
+                            self._edge(service, callee, "").slot(eb, cap, ev)[E_BLAMED] += 1
                             break
 
-    def _canon(self, sp: _Sp) -> str:
+    def _canon(self, p: str) -> str:
         """A peer name as a known service name when it is one (`cart:8080`, `cart.shop.svc` -> cart)."""
-        p = sp.peer
         if p in self._instrumented:
             return p
         host = p.rsplit(":", 1)[0] if p.count(":") == 1 else p
@@ -604,22 +698,24 @@ class SpanSignals:
                 return cand
         return p
 
-    def _called_services(self, sp: _Sp, children: dict[bytes, list[_Sp]]) -> list[str]:
+    def _called_services(self, sp: tuple, children: dict[bytes, list[tuple]],
+                         canon_peers: dict[int, str]) -> list[str]:
         out: list[str] = []
-        stack = list(children.get(sp.span_id, ()))
+        service = sp[_SERVICE]
+        stack = list(children.get(sp[_SPAN_ID], ()))
         while stack and len(out) < 50:
             c = stack.pop()
-            if c.service != sp.service:
-                if c.service not in out:
-                    out.append(c.service)
+            if c[_SERVICE] != service:
+                if c[_SERVICE] not in out:
+                    out.append(c[_SERVICE])
                 continue
-            if c.kind in (K_CLIENT, K_PRODUCER):
-                remote = [k.service for k in children.get(c.span_id, ()) if k.service != c.service]
-                name = remote[0] if remote else c.peer
+            if c[_KIND] in (K_CLIENT, K_PRODUCER):
+                remote = [k[_SERVICE] for k in children.get(c[_SPAN_ID], ()) if k[_SERVICE] != c[_SERVICE]]
+                name = remote[0] if remote else canon_peers.get(id(c), c[_PEER])
                 if name and name not in out:
                     out.append(name)
             else:
-                stack.extend(children.get(c.span_id, ()))
+                stack.extend(children.get(c[_SPAN_ID], ()))
         return out
 
     # --- reads ---------------------------------------------------------------------------
@@ -679,7 +775,7 @@ class SpanSignals:
             for b, ex in s.exemplars.items():
                 if since_ns <= b < until_ns and (best is None or ex[0] > best[0]):
                     best = ex
-            return best
+            return None if best is None else (best[0], best[1].hex(), best[2].hex())
 
     def samples(self, service: str, since_ns: int = 0, until_ns: int | None = None) -> list[Sample]:
         """Recent failing spans attributed to `service`, then its error log lines."""
