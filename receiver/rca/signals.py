@@ -240,6 +240,7 @@ class SpanSignals:
         self._watermark = 0
         self._versions: dict[str, str] = {}
         self._instrumented: dict[str, None] = {}  # service.name values seen (insertion ordered)
+        self._canon_of: dict[str, str] = {}  # _canon's answers while _instrumented is unchanged
         self._deploys: dict[str, deque[tuple[int, str, str]]] = {}
         self._min_time = 0
         reg = registry if registry is not None else CollectorRegistry()
@@ -285,6 +286,7 @@ class SpanSignals:
                             self._instrumented.pop(next(iter(self._instrumented)))
                             self.m_evicted.labels("service").inc()
                         self._instrumented[service] = None
+                        self._canon_of.clear()
                     if version and rows:
                         self._note_version(service, version, rows[0][4])
                     for tid, span_id, parent, kind, start, end, code, msg, peer, messaging, attr_err, excs \
@@ -517,6 +519,7 @@ class SpanSignals:
         cap, ev = self.config.max_buckets, self.m_evicted
         bns = self._bucket_ns
         nodes, edges = self._nodes, self._edges
+        canon_of = self._canon_of
         by_id = {sp[_SPAN_ID]: sp for sp in spans}
         children: dict[bytes, list[tuple]] = {}
         # id(span row) -> the canonical name of its peer, for CLIENT spans to a virtual node analysed
@@ -570,8 +573,21 @@ class SpanSignals:
                 row[N_LAT] += dur
                 # exclusive time: minus the time spent in this service's outgoing calls
                 if kids is not None:
+                    # the calls: spans of other services and client spans, below it or below its own
+                    # service's other spans (in any order: _union_len sorts them)
                     calls: list[tuple[int, int]] = []
-                    stack = list(kids)
+                    stack = None
+                    for c in kids:
+                        ck = c[_KIND]
+                        if c[_SERVICE] != service or ck == K_CLIENT or ck == K_PRODUCER:
+                            calls.append((c[_START], c[_END]))
+                        else:
+                            more = get_kids(c[_SPAN_ID])
+                            if more is not None:
+                                if stack is None:
+                                    stack = list(more)
+                                else:
+                                    stack.extend(more)
                     while stack:
                         c = stack.pop()
                         ck = c[_KIND]
@@ -588,7 +604,7 @@ class SpanSignals:
                     self_ns = dur  # >= 0: end >= start
                 row[N_SELF] += self_ns
                 row[N_SELF_N] += 1
-                if b in buckets:  # _Series.exemplar: not when the new bucket was the one evicted
+                if b in buckets:  # _Series.exemplar, inline (not when the new bucket was the one evicted)
                     ex = node.exemplars.get(b)
                     if ex is None or self_ns > ex[0]:
                         node.exemplars[b] = (self_ns, trace_id, span_id)
@@ -619,7 +635,10 @@ class SpanSignals:
                                 gap_ns = 0
                             erow[E_GAP] += gap_ns
                             erow[E_GAP_N] += 1
-                            eseries.exemplar(cb, gap_ns, trace_id, parent[_SPAN_ID])
+                            if cb in eseries.buckets:  # _Series.exemplar, inline
+                                ex = eseries.exemplars.get(cb)
+                                if ex is None or gap_ns > ex[0]:
+                                    eseries.exemplars[cb] = (gap_ns, trace_id, parent[_SPAN_ID])
                     else:
                         erow[E_CLIENT_LAT] += dur
             elif kind == K_CLIENT:
@@ -631,7 +650,7 @@ class SpanSignals:
                             break
                 if peer and remote is None:
                     # a call to an uninstrumented peer (a database, a cache ...): a virtual node
-                    peer = self._canon(peer)
+                    peer = canon_of.get(peer) or self._canon(peer)
                     if peer != service:
                         canon_peers[id(sp)] = peer
                         if peer not in self._instrumented:
@@ -664,7 +683,10 @@ class SpanSignals:
                         row[N_LAT] += dur
                         row[N_SELF] += dur
                         row[N_SELF_N] += 1
-                        node.exemplar(b, dur, trace_id, span_id)
+                        if b in node.buckets:  # _Series.exemplar, inline
+                            ex = node.exemplars.get(b)
+                            if ex is None or dur > ex[0]:
+                                node.exemplars[b] = (dur, trace_id, span_id)
 
             # deepest failing span: attribute the failure
             if error and not err_below(sp):
@@ -689,14 +711,21 @@ class SpanSignals:
                             break
 
     def _canon(self, p: str) -> str:
-        """A peer name as a known service name when it is one (`cart:8080`, `cart.shop.svc` -> cart)."""
-        if p in self._instrumented:
-            return p
-        host = p.rsplit(":", 1)[0] if p.count(":") == 1 else p
-        for cand in (host, host.split(".", 1)[0]):
-            if cand in self._instrumented:
-                return cand
-        return p
+        """A peer name as a known service name when it is one (`cart:8080`, `cart.shop.svc` -> cart).
+        Cached until the set of instrumented services changes."""
+        out = self._canon_of.get(p)
+        if out is None:
+            out = p
+            if p not in self._instrumented:
+                host = p.rsplit(":", 1)[0] if p.count(":") == 1 else p
+                for cand in (host, host.split(".", 1)[0]):
+                    if cand in self._instrumented:
+                        out = cand
+                        break
+            if len(self._canon_of) >= 10000:  # peer names are client data: bound the cache
+                self._canon_of.clear()
+            self._canon_of[p] = out
+        return out
 
     def _called_services(self, sp: tuple, children: dict[bytes, list[tuple]],
                          canon_peers: dict[int, str]) -> list[str]:
