@@ -181,6 +181,21 @@ def _attr_str(attrs: Iterable, keys: list[str]) -> str:
     return ""
 
 
+def _err_below(sp: tuple, children: dict[bytes, list[tuple]], memo: dict[bytes, bool],
+               depth: int = 0) -> bool:
+    """Does any descendant of span row `sp` fail? Memoised per span id, walked at most 200 deep."""
+    sid = sp[_SPAN_ID]
+    if sid in memo:
+        return memo[sid]
+    res = False
+    if depth < 200:
+        for c in children.get(sid, ()):
+            if c[_ERROR] or _err_below(c, children, memo, depth + 1):
+                res = True  # no break: the other children's answers are memoised too
+    memo[sid] = res
+    return res
+
+
 def _union_len(intervals: list[tuple[int, int]], lo: int, hi: int) -> int:
     """The length of the union of the intervals clipped to [lo, hi)."""
     if len(intervals) == 1:  # the common case: one outgoing call
@@ -534,29 +549,19 @@ class SpanSignals:
                 else:
                     kids.append(sp)
         get_kids = children.get
-
-        # error subtree: does any descendant fail? (memoised per span id, walked at most 200 deep)
-        has_err_desc: dict[bytes, bool] = {}
-
-        def err_below(sp: tuple, depth: int = 0) -> bool:
-            sid = sp[_SPAN_ID]
-            if sid in has_err_desc:
-                return has_err_desc[sid]
-            res = False
-            if depth < 200:
-                for c in get_kids(sid, ()):
-                    if c[_ERROR] or err_below(c, depth + 1):
-                        res = True
-            has_err_desc[sid] = res
-            return res
+        has_err_desc: dict[bytes, bool] = {}  # _err_below's memo
 
         for sp in spans:
             service, span_id, parent_id, kind, start, end, error, message, peer, messaging = sp
             dur = end - start
             kids = get_kids(span_id)  # None: a leaf
-            parent = by_id.get(parent_id)
-            if kind == K_SERVER or kind == K_CONSUMER or (kind != K_CLIENT and kind != K_PRODUCER and (
-                    parent is None or parent[_SERVICE] != service)):
+            if kind == K_CLIENT or kind == K_PRODUCER:
+                entry = False  # (its parent is not needed)
+            else:
+                parent = by_id.get(parent_id)
+                entry = (kind == K_SERVER or kind == K_CONSUMER or parent is None
+                         or parent[_SERVICE] != service)
+            if entry:
                 # an entry span: a call into `service`
                 node = nodes.get(service)
                 if node is None:
@@ -689,7 +694,7 @@ class SpanSignals:
                                 node.exemplars[b] = (dur, trace_id, span_id)
 
             # deepest failing span: attribute the failure
-            if error and not err_below(sp):
+            if error and not _err_below(sp, children, has_err_desc):
                 blame = service
                 if kind == K_CLIENT:  # the branch above set `remote`, and `peer` to its canonical name
                     if remote is not None:
