@@ -541,13 +541,14 @@ class SpanSignals:
         # so far (_called_services reads it, for spans analysed before the failing one)
         canon_peers: dict[int, str] = {}
         for sp in spans:
+            # also under parents that are not in the trace (and b"" for roots): never looked up, as
+            # only the ids of spans in the trace are
             p = sp[_PARENT]
-            if p in by_id:  # never b"" (a root): span ids are 8 bytes
-                kids = children.get(p)
-                if kids is None:
-                    children[p] = [sp]
-                else:
-                    kids.append(sp)
+            kids = children.get(p)
+            if kids is None:
+                children[p] = [sp]
+            else:
+                kids.append(sp)
         get_kids = children.get
         has_err_desc: dict[bytes, bool] = {}  # _err_below's memo
 
@@ -577,7 +578,18 @@ class SpanSignals:
                 row[N_ERRORS] += error
                 row[N_LAT] += dur
                 # exclusive time: minus the time spent in this service's outgoing calls
-                if kids is not None:
+                if kids is None:
+                    self_ns = dur  # >= 0: end >= start
+                elif len(kids) == 1 and ((c := kids[0])[_SERVICE] != service or c[_KIND] == K_CLIENT
+                                         or c[_KIND] == K_PRODUCER):
+                    # the common case, one direct call: _union_len of one interval, inline
+                    cs, ce = c[_START], c[_END]
+                    if cs < start:
+                        cs = start
+                    if ce > end:
+                        ce = end
+                    self_ns = dur - ce + cs if ce > cs else dur
+                else:
                     # the calls: spans of other services and client spans, below it or below its own
                     # service's other spans (in any order: _union_len sorts them)
                     calls: list[tuple[int, int]] = []
@@ -605,8 +617,6 @@ class SpanSignals:
                     self_ns = dur - _union_len(calls, start, end)
                     if self_ns < 0:
                         self_ns = 0
-                else:
-                    self_ns = dur  # >= 0: end >= start
                 row[N_SELF] += self_ns
                 row[N_SELF_N] += 1
                 if b in buckets:  # _Series.exemplar, inline (not when the new bucket was the one evicted)
