@@ -109,11 +109,14 @@ class _Sp:
     messaging: bool
 
 
-class _Trace:
-    __slots__ = ("rows", "last_end", "first_start", "last_wall", "born", "seq")
+class _Trace(list):
+    """A buffered trace: the list of its span rows (see _SERVICE ...) with its bookkeeping in slots
+    (one object per trace, not a list and its holder: fewer objects for the GC's full passes)."""
+
+    __slots__ = ("last_end", "first_start", "last_wall", "born", "seq")
 
     def __init__(self, born: int) -> None:
-        self.rows: list[tuple] = []  # span rows, see _SERVICE ...
+        super().__init__()
         self.last_end = 0
         self.first_start = 0
         self.last_wall = 0.0  # monotonic time of the last span received
@@ -122,7 +125,7 @@ class _Trace:
 
     @property
     def spans(self) -> list[_Sp]:
-        return [_Sp(*r) for r in self.rows]
+        return [_Sp(*r) for r in self]
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,11 +330,10 @@ class SpanSignals:
                                 old_id, old = traces.popitem(last=False)
                                 self.m_evicted.labels("trace").inc()
                                 self._analyse(old_id, old)
-                        spans = tr.rows
-                        if len(spans) >= max_spans:
+                        if len(tr) >= max_spans:
                             self.m_evicted.labels("span").inc()
                             continue
-                        spans.append((service, span_id, parent, kind, start, end, error, msg[:300], peer,
+                        tr.append((service, span_id, parent, kind, start, end, error, msg[:300], peer,
                                       messaging))
                         if end > tr.last_end:
                             tr.last_end = end
@@ -513,7 +515,7 @@ class SpanSignals:
     def _analyse(self, trace_id: bytes, tr: _Trace) -> None:
         """Add one complete trace to the buckets."""
         self.m_traces.inc()
-        self._add_trace(trace_id, tr.rows)
+        self._add_trace(trace_id, tr)
 
     def _analyse_many(self, items: Iterable[tuple[bytes, _Trace]]) -> None:
         """_analyse each (trace id, trace), counting them in one metric update."""
@@ -521,7 +523,7 @@ class SpanSignals:
         try:
             for tid, tr in items:
                 n += 1
-                self._add_trace(tid, tr.rows)
+                self._add_trace(tid, tr)
         finally:
             if n:
                 self.m_traces.inc(n)
