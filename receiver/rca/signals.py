@@ -190,6 +190,7 @@ def _err_below(sp: tuple, children: dict[bytes, list[tuple]], memo: dict[bytes, 
     sid = sp[_SPAN_ID]
     if sid in memo:
         return memo[sid]
+    memo[sid] = False  # in progress: a parent cycle in client data reads "no failure below"
     res = False
     if depth < 200:
         for c in children.get(sid, ()):
@@ -595,25 +596,16 @@ class SpanSignals:
                     # the calls: spans of other services and client spans, below it or below its own
                     # service's other spans (in any order: _union_len sorts them)
                     calls: list[tuple[int, int]] = []
-                    stack = None
-                    for c in kids:
-                        ck = c[_KIND]
-                        if c[_SERVICE] != service or ck == K_CLIENT or ck == K_PRODUCER:
-                            calls.append((c[_START], c[_END]))
-                        else:
-                            more = get_kids(c[_SPAN_ID])
-                            if more is not None:
-                                if stack is None:
-                                    stack = list(more)
-                                else:
-                                    stack.extend(more)
+                    stack = list(kids)
+                    seen = {span_id}  # parent ids are client data: a cycle must not loop forever
                     while stack:
                         c = stack.pop()
                         ck = c[_KIND]
                         if c[_SERVICE] != service or ck == K_CLIENT or ck == K_PRODUCER:
                             calls.append((c[_START], c[_END]))
-                        else:
-                            more = get_kids(c[_SPAN_ID])
+                        elif (cid := c[_SPAN_ID]) not in seen:
+                            seen.add(cid)
+                            more = get_kids(cid)
                             if more is not None:
                                 stack.extend(more)
                     self_ns = dur - _union_len(calls, start, end)
@@ -749,6 +741,7 @@ class SpanSignals:
         out: list[str] = []
         service = sp[_SERVICE]
         stack = list(children.get(sp[_SPAN_ID], ()))
+        seen = {sp[_SPAN_ID]}  # parent ids are client data: a cycle must not loop forever
         while stack and len(out) < 50:
             c = stack.pop()
             if c[_SERVICE] != service:
@@ -760,7 +753,8 @@ class SpanSignals:
                 name = remote[0] if remote else canon_peers.get(id(c), c[_PEER])
                 if name and name not in out:
                     out.append(name)
-            else:
+            elif c[_SPAN_ID] not in seen:
+                seen.add(c[_SPAN_ID])
                 stack.extend(children.get(c[_SPAN_ID], ()))
         return out
 
