@@ -21,14 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from receiver.errors import ConfigError
 from receiver.graph import GraphConfig, ServiceGraph
 from receiver.graph.stats import quantile
-
-
-class Clock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.fakeclock import FakeClock
 
 
 class Services:
@@ -104,8 +97,9 @@ def edges_by_key(snap: dict) -> dict[tuple[str, str, str], dict]:
     return {(e["source"], e["target"], e["connection_type"]): e for e in snap["edges"]}
 
 
-def build(clock: Clock | None = None, **cfg) -> ServiceGraph:
-    return ServiceGraph(GraphConfig(**cfg), registry=CollectorRegistry(), clock=clock or Clock())
+def build(clock: FakeClock | None = None, **cfg) -> ServiceGraph:
+    return ServiceGraph(GraphConfig(**cfg), registry=CollectorRegistry(),
+                        clock=clock or FakeClock(1_000_000.0))
 
 
 def test_topology_exact_edges_virtual_nodes_and_errors() -> None:
@@ -219,7 +213,7 @@ def test_pairing_store_cap_drops_and_counts() -> None:
 
 
 def test_ttl_expiry_on_wall_clock() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = Services("frontend", "checkout")
     fe, co = s.tracers["frontend"], s.tracers["checkout"]
     with fe.start_as_current_span("root", kind=SpanKind.INTERNAL):
@@ -251,7 +245,7 @@ def test_virtual_nodes_off() -> None:
 
 
 def test_stale_edges_expire_and_take_their_nodes() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = Services(*ALL)
     run_topology(s, iterations=2, payment_errors=0)
     g = build(clock=clock, edge_stale_s=900.0)

@@ -34,6 +34,7 @@ from receiver.rca.incident_model import Incident
 from receiver.rca.incidents import IncidentConfig, IncidentTracker, graph_connected
 from receiver.rca.memory import IncidentMemory, MemoryConfig
 from receiver.store import Store
+from tests.fakeclock import FakeClock
 
 pytest_plugins = ["tests.store_fixtures"]  # pg_server (a real PostgreSQL server), make_store
 
@@ -58,14 +59,6 @@ def shop_graph() -> nx.DiGraph:
     return g
 
 
-class Clock:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
-
-
 def anomaly(service: str, t: int, severity: str = "high", templates: list[str] | None = None,
             evidence: list[str] | None = None, kind: str = "error_burst") -> Finding:
     attrs: dict[str, Any] = {A_SERVICE: service, A_SEVERITY: severity, A_TYPE: kind,
@@ -85,7 +78,7 @@ def report(root: str, t: int, symptom: str = "", path: list[str] | None = None, 
     return Finding(EVENT_RCA, attrs, body="", time_ns=t)
 
 
-def tracker_for(store: Store | None, clock: Clock, **cfg: Any) -> IncidentTracker:
+def tracker_for(store: Store | None, clock: FakeClock, **cfg: Any) -> IncidentTracker:
     memory_cfg = cfg.pop("memory", None) or MemoryConfig()
     config = IncidentConfig(correlation_window_s=120, quiet_period_s=600, **cfg)
     reg = CollectorRegistry()
@@ -96,7 +89,7 @@ def tracker_for(store: Store | None, clock: Clock, **cfg: Any) -> IncidentTracke
 
 def test_connected_services_in_window_form_one_incident(make_store: StoreFactory) -> None:
     store = make_store()
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     tr = tracker_for(store, clock)
     a = tr.observe(anomaly("payments-db", T0, severity="medium"))
     clock.t = T0 + 30 * S
@@ -121,7 +114,7 @@ def test_connected_services_in_window_form_one_incident(make_store: StoreFactory
 
 
 def test_far_apart_or_beyond_hops_are_separate() -> None:
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     tr = tracker_for(None, clock, connect_hops=1)
     a = tr.observe(anomaly("checkout", T0))
     b = tr.observe(anomaly("payments-db", T0 + 10 * S))  # 2 hops away with connect_hops=1
@@ -137,7 +130,7 @@ def test_far_apart_or_beyond_hops_are_separate() -> None:
 
 def test_bridging_finding_merges_incidents(make_store: StoreFactory) -> None:
     store = make_store()
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     tr = tracker_for(store, clock, connect_hops=1)
     a = tr.observe(anomaly("frontend", T0))
     b = tr.observe(anomaly("payments", T0 + 5 * S))
@@ -152,7 +145,7 @@ def test_bridging_finding_merges_incidents(make_store: StoreFactory) -> None:
 
 def test_quiet_period_resolves(make_store: StoreFactory) -> None:
     store = make_store()
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     tr = tracker_for(store, clock)
     inc = tr.observe(anomaly("checkout", T0))
     assert inc is not None
@@ -197,7 +190,7 @@ def test_resolver_thread_resolves_on_wall_clock() -> None:
 
 def test_rca_report_attaches_root_cause_and_remediation(make_store: StoreFactory) -> None:
     store = make_store()
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     tr = tracker_for(store, clock)
     inc = tr.observe(anomaly("checkout", T0))
     tr.observe(anomaly("frontend", T0 + 5 * S))
@@ -224,7 +217,7 @@ def test_rca_report_attaches_root_cause_and_remediation(make_store: StoreFactory
 
 
 def test_caps_open_incidents_and_per_incident_lists() -> None:
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     tr = tracker_for(None, clock, max_open_incidents=2, max_findings_per_incident=3)
     a = tr.observe(anomaly("mailer", T0))
     b = tr.observe(anomaly("redis", T0 + S))
@@ -242,7 +235,7 @@ def test_caps_open_incidents_and_per_incident_lists() -> None:
 
 def test_resolution_notes_api_and_graph(make_store: StoreFactory) -> None:
     store = make_store()
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     tr = tracker_for(store, clock)
     store.consume_findings([f := anomaly("checkout", T0, evidence=["conn refused to 10.0.0.7:5432"])])
     inc = tr.observe(f)
@@ -287,7 +280,7 @@ def test_resolution_notes_api_and_graph(make_store: StoreFactory) -> None:
 def test_similar_incident_ranks_the_right_past_incident_first(make_store: StoreFactory) -> None:
     store = make_store()
     hdfs, ssh, zk = templates_of("HDFS"), templates_of("OpenSSH"), templates_of("Zookeeper")
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     tr = tracker_for(store, clock)
     past = {
         "hdfs": (["datanode", "namenode"], hdfs[:6]),
@@ -324,7 +317,7 @@ def test_similar_incident_ranks_the_right_past_incident_first(make_store: StoreF
     assert len(lines) == 2 and ids["hdfs"][:12] in lines[0] and "resolved with: fixed hdfs" in lines[0]
     assert "services datanode, namenode" in lines[0] and len(lines[0]) <= 400
     # rebuilt from the store by a fresh tracker (restart): same answer, open incident reloaded
-    tr2 = tracker_for(store, Clock(t), memory=MemoryConfig(max_incidents=10))
+    tr2 = tracker_for(store, FakeClock(t), memory=MemoryConfig(max_incidents=10))
     tr2.start()
     try:
         assert [i.id for i, _ in tr2.similar(new, k=1)] == [ids["hdfs"]]

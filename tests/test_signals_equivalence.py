@@ -17,18 +17,9 @@ from receiver.otlp.spanwire import kv_marks_error
 from receiver.rca.signals import SignalsConfig, SpanSignals, _attr_str
 from receiver.sim.faults import Fault
 from receiver.sim.simulator import Simulator
+from tests.fakeclock import FakeClock
 
 START_NS = 1_700_000_000 * 10**9
-
-
-class _Clock:
-    def __init__(self, step: float) -> None:
-        self.t = 1000.0
-        self.step = step
-
-    def __call__(self) -> float:
-        self.t += self.step
-        return self.t
 
 
 class _ScanExpiry(SpanSignals):
@@ -85,7 +76,7 @@ def _traffic() -> list[tuple[ExportTraceServiceRequest, Any]]:
 
 
 def _run(cls: type[SpanSignals], cfg: SignalsConfig, step: float, traffic: list) -> list:
-    sig = cls(cfg, clock=_Clock(step))
+    sig = cls(cfg, clock=FakeClock(step=step))
     seen: list = []
     for i, (tr, lg) in enumerate(traffic):
         sig.consume_traces(tr)
@@ -125,7 +116,7 @@ def test_indexed_expiry_matches_full_scan() -> None:
 
 def test_stalled_event_time_keeps_expiry_index_bounded() -> None:
     """Reused timestamps (event time never advances): no trace completes, the index stays bounded."""
-    sig = SpanSignals(SignalsConfig(max_traces=50), clock=_Clock(0.01))
+    sig = SpanSignals(SignalsConfig(max_traces=50), clock=FakeClock(step=0.01))
     for rep in range(40):
         req = ExportTraceServiceRequest()
         rs = req.resource_spans.add()
@@ -192,14 +183,6 @@ def test_one_pass_attributes_match_the_helpers() -> None:
                 assert sp.error == (code == 2 or (code == 0 and _attr_error(s.attributes)))
 
 
-class _ManualClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def _one_span(trace: int, service: str, end_s: float) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
@@ -213,7 +196,7 @@ def _one_span(trace: int, service: str, end_s: float) -> ExportTraceServiceReque
 
 
 def _scripted(cls: type[SpanSignals]) -> list:
-    clock = _ManualClock()
+    clock = FakeClock()
     sig = cls(SignalsConfig(trace_idle_s=1.0, trace_wall_idle_s=10.0), clock=clock)
     seen = []
     sig.consume_traces(_one_span(1, "a", 0.0))  # trace 1 arrives first ...

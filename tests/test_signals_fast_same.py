@@ -24,20 +24,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from receiver.rca.signals import SignalsConfig, SpanSignals
 from receiver.sim.faults import Fault
 from receiver.sim.simulator import Simulator
+from tests.fakeclock import FakeClock
 
 START_NS = 1_700_000_000 * 10**9
 SRV, CLI, INT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_INTERNAL
 PROD, CONS, UNSPEC = Span.SPAN_KIND_PRODUCER, Span.SPAN_KIND_CONSUMER, Span.SPAN_KIND_UNSPECIFIED
-
-
-class _Clock:
-    def __init__(self, step: float) -> None:
-        self.t = 1000.0
-        self.step = step
-
-    def __call__(self) -> float:
-        self.t += self.step
-        return self.t
 
 
 def _metrics(sig: SpanSignals) -> list:
@@ -77,7 +68,7 @@ def _reads(sig: SpanSignals) -> list:
 
 def _feed(cfg: SignalsConfig, step: float, traffic: list[tuple[Any, Any]]) -> list:
     """traffic: (trace request or wire bytes, logs request or None)."""
-    sig = SpanSignals(cfg, clock=_Clock(step))
+    sig = SpanSignals(cfg, clock=FakeClock(step=step))
     seen: list = []
     for i, (tr, lg) in enumerate(traffic):
         if isinstance(tr, bytes):

@@ -8,21 +8,15 @@ from prometheus_client import CollectorRegistry
 
 from receiver.errors import ConfigError
 from receiver.logs.windows import NS, OTHER_TEMPLATE, Window, WindowManager, WindowsConfig, severity_class
+from tests.fakeclock import FakeClock
 
 T0 = 1_700_000_040 * NS  # aligned to 60 s
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def mk(reg: CollectorRegistry | None = None, clock: Clock | None = None, **kw: object) -> WindowManager:
+def mk(reg: CollectorRegistry | None = None, clock: FakeClock | None = None,
+       **kw: object) -> WindowManager:
     kw.setdefault("session_key", "off")
-    return WindowManager(WindowsConfig(**kw), reg or CollectorRegistry(), clock=clock or Clock())
+    return WindowManager(WindowsConfig(**kw), reg or CollectorRegistry(), clock=clock or FakeClock())
 
 
 def add(wm: WindowManager, t_s: float, sev: str = "info", tid: int = 1, body: str = "line",
@@ -102,21 +96,21 @@ def test_event_time_gap_emits_capped_empty_windows() -> None:
 
 
 def test_idle_flush_by_wall_clock_then_empty_windows() -> None:
-    clock = Clock()
+    clock = FakeClock()
     wm = mk(clock=clock, tumbling_s=60, idle_flush_s=30, max_empty_windows=2)
     add(wm, 1)
     add(wm, 2, service="other")
-    clock.now += 10
+    clock.t += 10
     add(wm, 3, service="other")
-    clock.now += 25  # svc idle 35 s, other idle 25 s
+    clock.t += 25  # svc idle 35 s, other idle 25 s
     closed = wm.tick()
     assert [(w.service, w.count) for w in closed] == [("svc", 1), ("svc", 0)]
     assert closed[0].closed_by == "idle" and closed[1].closed_by == "empty"
     assert wm.tick() == []  # next empty window only after another tumbling_s of wall time
-    clock.now += 60
+    clock.t += 60
     closed = wm.tick()
     assert sorted((w.service, w.count) for w in closed) == [("other", 0), ("other", 2), ("svc", 0)]
-    clock.now += 600
+    clock.t += 600
     assert [(w.service, w.count) for w in wm.tick()] == [("other", 0)]  # svc reached its cap of 2
     assert wm.tick() == []
     # the service speaks again: state resets
