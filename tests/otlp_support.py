@@ -186,3 +186,15 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return cond()
+
+
+def add_attr(attrs: Any, key: str, value: str | bool | int) -> None:
+    """Append an OTLP KeyValue to a repeated attributes field, typed by the Python value."""
+    a = attrs.add()
+    a.key = key
+    if isinstance(value, bool):
+        a.value.bool_value = value
+    elif isinstance(value, int):
+        a.value.int_value = value
+    else:
+        a.value.string_value = value

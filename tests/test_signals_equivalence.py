@@ -18,6 +18,7 @@ from receiver.rca.signals import SignalsConfig, SpanSignals, _attr_str
 from receiver.sim.faults import Fault
 from receiver.sim.simulator import Simulator
 from tests.fakeclock import FakeClock
+from tests.otlp_support import add_attr
 
 START_NS = 1_700_000_000 * 10**9
 
@@ -164,14 +165,7 @@ def test_one_pass_attributes_match_the_helpers() -> None:
                                  start_time_unix_nano=START_NS, end_time_unix_nano=START_NS + 10, kind=kind)
                 s.status.code = code
                 for k, v in attrs:
-                    a = s.attributes.add()
-                    a.key = k
-                    if isinstance(v, bool):
-                        a.value.bool_value = v
-                    elif isinstance(v, int):
-                        a.value.int_value = v
-                    else:
-                        a.value.string_value = v
+                    add_attr(s.attributes, k, v)
             sig = SpanSignals(cfg)
             sig.consume_traces(req)
             for s in ss.spans:

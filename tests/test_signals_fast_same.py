@@ -25,6 +25,7 @@ from receiver.rca.signals import SignalsConfig, SpanSignals
 from receiver.sim.faults import Fault
 from receiver.sim.simulator import Simulator
 from tests.fakeclock import FakeClock
+from tests.otlp_support import add_attr
 
 START_NS = 1_700_000_000 * 10**9
 SRV, CLI, INT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_INTERNAL
@@ -140,14 +141,7 @@ def _req(spans_by_service: list[tuple[str, str, list[dict]]]) -> ExportTraceServ
             s.status.code = d.get("code", 0)
             s.status.message = d.get("msg", "")
             for k, v in d.get("attrs", {}).items():
-                a = s.attributes.add()
-                a.key = k
-                if isinstance(v, bool):
-                    a.value.bool_value = v
-                elif isinstance(v, int):
-                    a.value.int_value = v
-                else:
-                    a.value.string_value = v
+                add_attr(s.attributes, k, v)
             for m in d.get("excs", ()):
                 ev = s.events.add(name="exception")
                 a = ev.attributes.add()
