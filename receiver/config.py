@@ -77,6 +77,10 @@ class AppConfig(StageConfig):
                 msg = str(e)
                 # Stages name keys relative to their section ("ttl_s: ...") or in full ("otlp.x: ...").
                 raise ConfigError(msg if msg.startswith(f"{f.name}.") else f"{f.name}.{msg}") from e
+        # across sections: the app's root-cause analysis reads the span signals the child builds
+        require(self.spanproc.signals, "spanproc.signals",
+                "must be true in the app: root-cause analysis reads the span signals "
+                "(false runs the service graph alone, for benchmarks)")
 
     @property
     def data_path(self) -> Path:

@@ -243,6 +243,10 @@ def test_config_errors_name_key_and_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "receiver", "config", "--config", str(bad)],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 2 and "graph" in r.stderr and "store_ttl_s" in r.stderr and ":2:" in r.stderr
+    bad.write_text("server:\n  llm: 'off'\nspanproc:\n  signals: false\n")
+    r = subprocess.run([sys.executable, "-m", "receiver", "config", "--config", str(bad)],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2 and "spanproc.signals: must be true" in r.stderr, r.stderr
     good = tmp_path / "good.yaml"
     good.write_text("server:\n  llm: 'off'\ngraph:\n  store_ttl_s: 3\n")
     r = subprocess.run([sys.executable, "-m", "receiver", "config", "--config", str(good), "--http",
