@@ -1,7 +1,7 @@
 """SpanProcess: span analysis (service graph + RCA span signals) in a child process.
 
 Why: the gRPC event loop, validation and the ingest queue hold the GIL of the main process; building
-the service graph (~1 us/span) and above all the RCA span signals (~5 us/span) in the same process
+the service graph (~1 us/span) and above all the RCA span signals (~3 us/span) in the same process
 leaves ingest a fraction of one core. The child runs `ServiceGraph` and `SpanSignals` on the second core.
 
 Data path (one-way, ordered): `consume_traces(req, raw=...)` sends `b"T"` + the request's wire bytes as
