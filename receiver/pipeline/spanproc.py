@@ -22,6 +22,11 @@ never dropped while the child makes progress, and memory stays bounded (queue ca
 plus the pipe buffer). `consume_*` raises `RetryableError` only when the SpanProcess is not running
 (before `start()`, after `shutdown()`, or after a crash with `restart=False`).
 
+Load shedding: a traces message sent while half `capacity_bytes` or more is in flight is tagged
+"behind"; while the child processes such messages the span signals analyse only 1 in
+`signals.shed_keep_one_in` of the traces without a failing span (weighted, so rates and means keep
+their expected values) and every trace with one. The service graph never sheds.
+
 Proxies: `.graph` and `.signals` forward any public method call to the child's objects
 (`proxy.snapshot()` -> RPC `("graph", "snapshot", args, kwargs)`, pickled result). Calls travel on the
 same pipe as the data, so a call sees every request sent before it (`flush()` analyses what was sent).
@@ -78,6 +83,7 @@ from receiver.rca.signals import SignalsConfig
 log = logging.getLogger(__name__)
 
 _TRACES, _LOGS, _CALL = b"T", b"L", b"C"
+_TRACES_BEHIND = b"t"  # traces sent while half the capacity or more was in flight: the signals shed
 _OBJECTS = ("graph", "signals", "_ctl")
 _WARN = 13  # SeverityNumber.WARN: the lowest severity SpanSignals.consume_logs counts
 _F_SETPIPE_SZ = 1031  # Linux fcntl: a 1 MiB pipe holds several requests (fewer wake-ups than 64 KiB)
@@ -248,6 +254,8 @@ def _child_main(conn_in: Connection, conn_out: Connection, reads_in: Connection 
                 break  # the parent went away
             tag = msg[:1]
             if tag == _CALL:
+                if signals_ is not None:  # flush / expire are not load: analyse everything
+                    signals_.set_shedding(False)
                 if processed > acked:  # everything before the call is done: say so first
                     conn_out.send(("ack", processed))
                     acked = processed
@@ -263,7 +271,9 @@ def _child_main(conn_in: Connection, conn_out: Connection, reads_in: Connection 
                 ctl.wake.wait(ctl.delay_s)
             body = memoryview(msg)[1:]
             try:
-                if tag == _TRACES:
+                if tag == _TRACES or tag == _TRACES_BEHIND:
+                    if signals_ is not None:
+                        signals_.set_shedding(tag == _TRACES_BEHIND)
                     for name, c in consumers:  # both read the wire bytes (in C), no decoding here
                         try:
                             n = c.consume_wire(body)
@@ -516,7 +526,7 @@ class SpanProcess:
         n = _count_spans(request)
         if n == 0:
             return
-        self._send_data(_TRACES + (raw if raw is not None else request.SerializeToString()), n, "traces")
+        self._send_data(_TRACES, raw if raw is not None else request.SerializeToString(), n, "traces")
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
         if not self.config.signals:
@@ -524,7 +534,7 @@ class SpanProcess:
         part = warn_logs_only(request)
         if part is None:
             return
-        self._send_data(_LOGS + part.SerializeToString(), 0, "logs")
+        self._send_data(_LOGS, part.SerializeToString(), 0, "logs")
 
     def drain(self, timeout_s: float | None = None) -> bool:
         """Wait until the child processed everything sent before this call. True if it did."""
@@ -540,8 +550,10 @@ class SpanProcess:
         out.update(crashes=self.crashes, restarts=self.restarts, lost_spans=self.lost_spans)
         return out
 
-    def _send_data(self, payload: bytes, spans: int, kind: str) -> None:
-        size = len(payload)
+    def _send_data(self, tag: bytes, body: bytes, spans: int, kind: str) -> None:
+        """Send one message (`tag` + `body`); a traces message sent while half the capacity or more
+        is in flight is tagged _TRACES_BEHIND, so the child's span signals shed load while it lasts."""
+        size = len(body) + 1
         cap = self.config.capacity_bytes
         with self._send_lock:
             with self._cond:
@@ -557,6 +569,8 @@ class SpanProcess:
                     self._cond.wait(1.0)
                 if t0:
                     self._m_blocked.inc(time.monotonic() - t0)
+                if tag == _TRACES and self._inflight_bytes * 2 >= cap:
+                    tag = _TRACES_BEHIND
                 self._seq += 1
                 self._unacked.append((self._seq, size, spans))
                 self._inflight_bytes += size
@@ -565,7 +579,7 @@ class SpanProcess:
                 if len(self._unacked) == 1:
                     child.last_progress = time.monotonic()
             try:
-                child.conn_in.send_bytes(payload)
+                child.conn_in.send_bytes(tag + body)
             except OSError:
                 pass  # the child died: the supervisor counts the unacked messages as lost
         self._m_sent.labels(kind).inc(size)

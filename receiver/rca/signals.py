@@ -73,6 +73,10 @@ class SignalsConfig(StageConfig):
     # the callee's name when no server span answers (databases, caches, uninstrumented peers);
     # the same precedence as the service graph's (Tempo's, widened)
     peer_attributes: list[str] = field(default_factory=lambda: list(PEER_ATTRIBUTES))
+    # load shedding, only while the pipeline says analysis is behind (`set_shedding`): of the
+    # traces without any failing span, 1 in this many (by trace id) is analysed and counted that many
+    # times; every trace with a failing span is analysed. 1: never shed.
+    shed_keep_one_in: int = 8
 
     def validate(self) -> None:
         super().validate()
@@ -84,6 +88,8 @@ class SignalsConfig(StageConfig):
         require(self.trace_idle_s >= 0, "signals.trace_idle_s", "must be >= 0")
         require(self.trace_wall_idle_s >= 0, "signals.trace_wall_idle_s", "must be >= 0")
         require(bool(self.peer_attributes), "signals.peer_attributes", "must not be empty")
+        require(isinstance(self.shed_keep_one_in, int) and self.shed_keep_one_in >= 1,
+                "signals.shed_keep_one_in", f"must be an int >= 1, got {self.shed_keep_one_in!r}")
 
 
 # A buffered span is a plain tuple (service, span_id, parent_id, kind, start, end, error, message,
@@ -264,7 +270,12 @@ class SpanSignals:
         self._min_time = 0
         reg = registry if registry is not None else CollectorRegistry()
         self.m_spans = Counter("rca_signals_spans", "Spans consumed by the RCA signals", registry=reg)
-        self.m_traces = Counter("rca_signals_traces", "Traces analysed by the RCA signals", registry=reg)
+        self.m_traces = Counter("rca_signals_traces", "Traces analysed by the RCA signals (or shed)",
+                                registry=reg)
+        self.m_shed = Counter("rca_signals_shed_traces", "Traces without failures left out of the analysis "
+                              "while it was behind (each analysed one counts for signals.shed_keep_one_in)",
+                              registry=reg)
+        self.shedding = False  # set by the pipeline (set_shedding) while analysis is behind
         self.m_evicted = Counter("rca_signals_evicted", "Items evicted by caps", ["what"], registry=reg)
         self.m_inflight = Gauge("rca_signals_inflight_traces", "Traces buffered", registry=reg)
         self.m_bad = Counter("rca_signals_bad_spans", "Spans skipped (missing ids/times)", registry=reg)
@@ -529,11 +540,24 @@ class SpanSignals:
             if n:
                 self.m_traces.inc(n)
 
+    def set_shedding(self, on: bool) -> None:
+        """While on, traces without a failing span are sampled (see SignalsConfig.shed_keep_one_in)."""
+        self.shedding = on
+
     def _add_trace(self, trace_id: bytes, spans: list[tuple]) -> None:
         """A span is an ENTRY of its service when it is a SERVER/CONSUMER span or its parent belongs
         to another service (or is missing): so traces whose span kinds are unset still yield edges
         and exclusive times. Nodes and edges are looked up inline (the hot path of _node/_edge and
-        _Series.slot/exemplar, in the same order, so the LRU order and evictions are the same)."""
+        _Series.slot/exemplar, in the same order, so the LRU order and evictions are the same).
+        While shedding, a trace without failures is analysed with weight w (its calls and latency
+        sums count w times) or not at all."""
+        w = 1
+        if self.shedding and (keep := self.config.shed_keep_one_in) > 1 and \
+                not any(sp[_ERROR] for sp in spans):
+            if int.from_bytes(trace_id[-4:], "big") % keep:  # trace ids are random: 1 in `keep` stays
+                self.m_shed.inc()
+                return
+            w = keep
         cap, ev = self.config.max_buckets, self.m_evicted
         bns = self._bucket_ns
         nodes, edges = self._nodes, self._edges
@@ -577,9 +601,9 @@ class SpanSignals:
                 row = buckets.get(b)
                 if row is None:
                     row = node.slot(b, cap, ev)
-                row[N_CALLS] += 1
+                row[N_CALLS] += w
                 row[N_ERRORS] += error
-                row[N_LAT] += dur
+                row[N_LAT] += dur * w
                 # exclusive time: minus the time spent in this service's outgoing calls
                 if kids is None:
                     self_ns = dur  # >= 0: end >= start
@@ -611,8 +635,8 @@ class SpanSignals:
                     self_ns = dur - _union_len(calls, start, end)
                     if self_ns < 0:
                         self_ns = 0
-                row[N_SELF] += self_ns
-                row[N_SELF_N] += 1
+                row[N_SELF] += self_ns * w
+                row[N_SELF_N] += w
                 if b in buckets:  # _Series.exemplar, inline (not when the new bucket was the one evicted)
                     ex = node.exemplars.get(b)
                     if ex is None or self_ns > ex[0]:
@@ -632,24 +656,24 @@ class SpanSignals:
                     erow = eseries.buckets.get(cb)
                     if erow is None:
                         erow = eseries.slot(cb, cap, ev)
-                    erow[E_CALLS] += 1
+                    erow[E_CALLS] += w
                     erow[E_ERRORS] += error or (client_like and parent[_ERROR])
-                    erow[E_SERVER_LAT] += dur
+                    erow[E_SERVER_LAT] += dur * w
                     if client_like:
                         client_ns = parent[_END] - pstart
-                        erow[E_CLIENT_LAT] += client_ns
+                        erow[E_CLIENT_LAT] += client_ns * w
                         if not messaging_edge:
                             gap_ns = client_ns - dur
                             if gap_ns < 0:
                                 gap_ns = 0
-                            erow[E_GAP] += gap_ns
-                            erow[E_GAP_N] += 1
+                            erow[E_GAP] += gap_ns * w
+                            erow[E_GAP_N] += w
                             if cb in eseries.buckets:  # _Series.exemplar, inline
                                 ex = eseries.exemplars.get(cb)
                                 if ex is None or gap_ns > ex[0]:
                                     eseries.exemplars[cb] = (gap_ns, trace_id, parent[_SPAN_ID])
                     else:
-                        erow[E_CLIENT_LAT] += dur
+                        erow[E_CLIENT_LAT] += dur * w
             elif kind == K_CLIENT:
                 remote = None  # the service of its first child span in another service
                 if kids is not None:
@@ -675,10 +699,10 @@ class SpanSignals:
                         erow = eseries.buckets.get(b)
                         if erow is None:
                             erow = eseries.slot(b, cap, ev)
-                        erow[E_CALLS] += 1
+                        erow[E_CALLS] += w
                         erow[E_ERRORS] += error
-                        erow[E_CLIENT_LAT] += dur
-                        erow[E_SERVER_LAT] += dur
+                        erow[E_CLIENT_LAT] += dur * w
+                        erow[E_SERVER_LAT] += dur * w
                         node = nodes.get(peer)
                         if node is None:
                             node = self._node(peer)
@@ -687,11 +711,11 @@ class SpanSignals:
                         row = node.buckets.get(b)
                         if row is None:
                             row = node.slot(b, cap, ev)
-                        row[N_CALLS] += 1
+                        row[N_CALLS] += w
                         row[N_ERRORS] += error
-                        row[N_LAT] += dur
-                        row[N_SELF] += dur
-                        row[N_SELF_N] += 1
+                        row[N_LAT] += dur * w
+                        row[N_SELF] += dur * w
+                        row[N_SELF_N] += w
                         if b in node.buckets:  # _Series.exemplar, inline
                             ex = node.exemplars.get(b)
                             if ex is None or dur > ex[0]:
