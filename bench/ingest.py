@@ -376,9 +376,10 @@ async def _client(target: str, signal: str, streams: int, channels: int, max_ite
 
 
 # ----------------------------------------------------------------------------- orchestration
-def _spawn(args: list[str]) -> subprocess.Popen:
+def _spawn(args: list[str], module: str = "bench.ingest") -> subprocess.Popen:
+    """A bench process (server or client) talking line by line on stdin/stdout."""
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.ingest", *args],
+        [sys.executable, "-m", module, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

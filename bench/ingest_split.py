@@ -34,14 +34,12 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
-from bench.ingest import _Counting, _expect, _finish, _mem
+from bench.ingest import _ask, _Counting, _expect, _finish, _mem, _spawn
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_MODES = ("inproc-graph", "split-graph", "split-graph-reserialize", "inproc", "split")
 
 
@@ -119,27 +117,14 @@ async def _serve(mode: str) -> None:
         c.shutdown()
 
 
-def _spawn(module: str, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, bufsize=1, cwd=HERE)
-
-
-def _ask(server: subprocess.Popen) -> dict[str, Any]:
-    assert server.stdin and server.stdout
-    server.stdin.write("stats\n")
-    server.stdin.flush()
-    return json.loads(server.stdout.readline())
-
-
 def run_case(mode: str, warmup_s: float, window_s: float, streams: int) -> dict[str, Any]:
     if mode == "baseline":
-        server = _spawn("bench.ingest", ["--serve", "baseline"])
+        server = _spawn(["--serve", "baseline"])
     else:
-        server = _spawn("bench.ingest_split", ["--serve", mode])
+        server = _spawn(["--serve", mode], "bench.ingest_split")
     try:
         port = int(_expect(server, "PORT").split()[1])
-        client = _spawn("bench.ingest", ["--client", f"127.0.0.1:{port}", "--signal", "traces",
-                                         "--streams", str(streams)])
+        client = _spawn(["--client", f"127.0.0.1:{port}", "--signal", "traces", "--streams", str(streams)])
         try:
             _expect(client, "READY")
             time.sleep(warmup_s)
