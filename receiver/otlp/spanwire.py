@@ -93,9 +93,19 @@ def _encoded(keys: Sequence[str]) -> tuple[bytes, ...]:
 
 
 # ------------------------------------------------------------------------------ Python reference
-def bad_span_ids(trace_id: bytes, span_id: bytes, parent: bytes) -> bool:
-    return (len(trace_id) != 16 or len(span_id) != 8 or trace_id == _ZERO16 or span_id == _ZERO8
-            or len(parent) not in (0, 8))
+def span_id_problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str | None:
+    """Why a span's ids are never accepted (English, for partial_success), or None."""
+    if len(trace_id) != 16:
+        return f"trace_id is {len(trace_id)} bytes (want 16)"
+    if trace_id == _ZERO16:
+        return "trace_id is all zero"
+    if len(span_id) != 8:
+        return f"span_id is {len(span_id)} bytes (want 8)"
+    if span_id == _ZERO8:
+        return "span_id is all zero"
+    if len(parent) not in (0, 8):
+        return f"parent_span_id is {len(parent)} bytes (want 0 or 8)"
+    return None
 
 
 def check_spans_reference(req: ExportTraceServiceRequest) -> tuple[int, list[tuple[int, int, int]]]:
@@ -106,7 +116,7 @@ def check_spans_reference(req: ExportTraceServiceRequest) -> tuple[int, list[tup
             spans = ss.spans
             total += len(spans)
             for pi, s in enumerate(spans):
-                if bad_span_ids(s.trace_id, s.span_id, s.parent_span_id):
+                if span_id_problem(s.trace_id, s.span_id, s.parent_span_id) is not None:
                     bad.append((ri, si, pi))
     return total, bad
 

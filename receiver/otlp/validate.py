@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from receiver.otlp.spanwire import WireError, check_spans, check_spans_reference
+from receiver.otlp.spanwire import WireError, check_spans, check_spans_reference, span_id_problem
 
 log = logging.getLogger(__name__)
 
-_ZERO16 = bytes(16)
-_ZERO8 = bytes(8)
 
 
 @dataclass(slots=True)
@@ -34,20 +32,6 @@ class Validated:
     @property
     def accepted(self) -> int:
         return self.total - self.rejected
-
-
-def _span_problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str | None:
-    if len(trace_id) != 16:
-        return f"trace_id is {len(trace_id)} bytes (want 16)"
-    if trace_id == _ZERO16:
-        return "trace_id is all zero"
-    if len(span_id) != 8:
-        return f"span_id is {len(span_id)} bytes (want 8)"
-    if span_id == _ZERO8:
-        return "span_id is all zero"
-    if len(parent) not in (0, 8):
-        return f"parent_span_id is {len(parent)} bytes (want 0 or 8)"
-    return None
 
 
 def _log_problem(trace_id: bytes, span_id: bytes) -> str | None:
@@ -80,7 +64,7 @@ def validate_traces(req: ExportTraceServiceRequest, raw: bytes | None = None) ->
     for ri, si, pi in reversed(bad):
         spans = out.resource_spans[ri].scope_spans[si].spans
         s = spans[pi]
-        problem = _span_problem(s.trace_id, s.span_id, s.parent_span_id) or "invalid ids"
+        problem = span_id_problem(s.trace_id, s.span_id, s.parent_span_id) or "invalid ids"
         reasons[problem] += 1
         example = f"span {s.name[:100]!r} at resource_spans[{ri}].scope_spans[{si}].spans[{pi}]: {problem}"
         del spans[pi]
