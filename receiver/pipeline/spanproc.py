@@ -722,10 +722,7 @@ class SpanProcess:
                 self._unacked.clear()
                 self._inflight_bytes = 0
                 if self._stopping:
-                    self.state = STOPPED
-                    self.detail = "stopped"
-                    self._child = None
-                    self._cond.notify_all()
+                    self._stopped_by_shutdown()
                     return
                 self.crashes += 1
                 self._m_crashes.inc()
@@ -747,10 +744,7 @@ class SpanProcess:
                 self._cond.notify_all()
                 self._cond.wait_for(lambda: self._stopping, timeout=backoff)
                 if self._stopping:
-                    self.state = STOPPED
-                    self.detail = "stopped"
-                    self._child = None
-                    self._cond.notify_all()
+                    self._stopped_by_shutdown()
                     return
                 backoff = min(backoff * 2, 30.0)
                 self.restarts += 1
@@ -781,6 +775,13 @@ class SpanProcess:
                 self.detail = "ok"
                 log.info("span analysis process %s up", child.process.pid)
                 self._cond.notify_all()
+
+    def _stopped_by_shutdown(self) -> None:
+        """The supervisor ends because shutdown() asked it to (lock held)."""
+        self.state = STOPPED
+        self.detail = "stopped"
+        self._child = None
+        self._cond.notify_all()
 
     def _read_loop(self, child: _Child) -> str:
         """Read acks and answers until the child exits; return why it ended."""
