@@ -241,7 +241,7 @@ def poisson_sf(k: int, lam: float) -> float:
     return max(0.0, 1.0 - cdf)
 
 
-def _local_score(f: Features, w: RankWeights, has_baseline: bool) -> float:
+def _local_score(f: Features, w: RankWeights, has_baseline: bool, has_spans: bool = True) -> float:
     parts: dict[str, float] = {}
     deep_delta = max(0.0, f.deep_cur - f.deep_base)
     # significant only: at least 3 failing traces, unlikely under the baseline rate (Poisson)
@@ -258,8 +258,11 @@ def _local_score(f: Features, w: RankWeights, has_baseline: bool) -> float:
     parts["logs"] = w.logs * max(f.anomaly_score, min(1.0, log_rise / 2.0))
     if f.deployed:
         parts["deploy"] = w.deploy
+    if not has_spans:
+        # a service that sends no spans (logs only): its own logs are all the evidence there is
+        parts["logs"] = max(f.anomaly_score, min(1.0, log_rise / 2.0))
     evidence = sum(v for k, v in parts.items() if k not in ("logs", "deploy"))
-    if evidence <= 0.05:
+    if has_spans and evidence <= 0.05:
         # logs or a deploy alone are weak: they count only for nodes with trace evidence
         parts = {k: v * 0.25 for k, v in parts.items()}
     f.parts = parts
@@ -287,12 +290,16 @@ def rank(signals: SpanSignals, graph: nx.DiGraph, anomalous: Sequence[str], onse
     cands = candidates_for(g, list(anomalous) + extra)[:max_candidates]
     if not cands:
         return RankResult([], {}, [], 0.0, [], [])
+    # a service with no spans (it only sends logs, or the signals evicted it) is a candidate too:
+    # a node without edges, so that every graph walk below can visit it
+    g.add_nodes_from(cands)
     feats: dict[str, Features] = {}
     for n in cands:
         f = compute_features(signals, g, n, onset_ns, until_ns, baseline_s)
         f.anomaly_score = float(scores_in.get(n, 0.0))
         has_base = f.calls_base >= 5
-        f.local = _local_score(f, w, has_base)
+        f.local = _local_score(f, w, has_base,
+                                has_spans=f.calls_base + f.calls_cur > 0 or g.degree(n) > 0)
         f.symptom = _symptom_score(f)
         feats[n] = f
     symptomatic = [n for n in cands if feats[n].symptom > 0.1 or feats[n].local > 0.5]
