@@ -8,8 +8,10 @@
     No match opens a new incident; a finding that matches several incidents merges them into the
     oldest (the others are deleted: one correlated burst, one incident).
   * an `rca.report` finding is attached to its incident: the one named by `rca.incident_id` when the
-    report carries it, else the open (or recently resolved) incident within the window that contains
-    the report's symptom service, root cause or a service of its propagation path. It sets the
+    report carries it (the RCA stage names the tracker's incident holding its anomaly findings, see
+    `incident_id_for_findings`; an id the tracker does not hold opens the incident under that id, so
+    both name one incident), else the open (or recently resolved) incident within the window that
+    contains the report's symptom service, root cause or a service of its propagation path. It sets the
     incident's root cause, candidates, path, confidence, issue and remediation steps.
   * Re-observing a finding id is a no-op that returns its incident (the RCA stage and the findings
     fan-out may both hand it over).
@@ -352,6 +354,15 @@ class IncidentTracker:
                 return inc
         return None
 
+    def incident_id_for_findings(self, finding_ids: Sequence[str]) -> str | None:
+        """The id of the open (else recently resolved) incident holding one of these findings."""
+        with self._lock:
+            for fid in finding_ids:
+                inc = self._find_by_finding(fid)
+                if inc is not None:
+                    return inc.id
+            return None
+
     @staticmethod
     def _copy(inc: Incident) -> Incident:
         return Incident.from_dict(inc.to_dict())
@@ -473,9 +484,10 @@ class IncidentTracker:
             self._advance_watermark(t)
             inc: Incident | None = None
             wanted = attrs.get(R_INCIDENT_ID)
-            if isinstance(wanted, str) and wanted:
+            named = isinstance(wanted, str) and bool(wanted)
+            if named:
                 inc = self._open.get(wanted) or self._recent.get(wanted)
-            if inc is None:
+            if inc is None and not named:
                 pool = [*self._open.values(), *reversed(self._recent.values())]
                 near = [i for i in pool if i.opened_ns - W <= t <= i.updated_ns + W
                         and any(s in i.services for s in involved)]
@@ -484,7 +496,10 @@ class IncidentTracker:
                 inc = near[0] if near else None
             if inc is None:
                 self._close_stale_on_event_time()
-                inc = Incident(opened_ns=t, updated_ns=t)
+                # a report naming an incident this tracker does not hold opens it under that id: the
+                # RCA stage and the tracker then name the same incident
+                inc = Incident(id=wanted, opened_ns=t, updated_ns=t) if named else \
+                    Incident(opened_ns=t, updated_ns=t)
                 self._open[inc.id] = inc
                 self._seen[inc.id] = set()
                 for s in involved:

@@ -95,6 +95,16 @@ class RcaConfig(StageConfig):
         require(self.llm_tier in ("tier1", "tier2"), "rca.llm_tier", "must be tier1 or tier2")
 
 
+class IncidentLookup(Protocol):
+    """What RCA asks the incident tracker (`IncidentTracker` implements it): the tracker's incident
+    that holds given anomaly findings (so a report names the same incident the tracker keeps), and
+    past incidents like a probe."""
+
+    def incident_id_for_findings(self, finding_ids: Sequence[str]) -> str | None: ...
+
+    def similar(self, incident: Any, k: int = 3) -> list[tuple[Any, float]]: ...
+
+
 class _Analyst(Protocol):
     def complete_json(self, messages: list[dict[str, str]], schema: dict[str, Any],
                       tier: str | int = ...) -> dict[str, Any] | None: ...
@@ -109,6 +119,7 @@ class _Incident:
     services: dict[str, float] = field(default_factory=dict)  # service -> anomaly score
     order: list[str] = field(default_factory=list)  # services in trigger order
     anomaly_lines: dict[str, list[str]] = field(default_factory=dict)
+    finding_ids: list[str] = field(default_factory=list)  # the anomaly findings that triggered it
     analysed_ns: int | None = None
     changed: bool = True
     pending_ns: int | None = None  # first trigger after the last analysis
@@ -120,7 +131,7 @@ class _Incident:
 
 class RcaStage:
     def __init__(self, config: RcaConfig | None, graph: Any, signals: SpanSignals, next: FindingsConsumer,
-                 analyst: _Analyst | None = None, incidents: Any = None,
+                 analyst: _Analyst | None = None, incidents: IncidentLookup | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.config = config or RcaConfig()
         self.config.validate()
@@ -194,7 +205,7 @@ class RcaStage:
                 self._finding_now = max(self._finding_now, end)
                 self.m_triggers.labels("finding").inc()
                 self._trigger(svc, max(start, end - self.signals.bucket_ns()), end,
-                              min(1.0, max(0.0, score)), line)
+                              min(1.0, max(0.0, score)), line, finding_id=f.id)
         self.check()
 
     # --- checks --------------------------------------------------------------------------
@@ -317,7 +328,8 @@ class RcaStage:
                 return f"exclusive time {mu:.1f} -> {cur:.1f} ms"
         return ""
 
-    def _trigger(self, service: str, onset_ns: int, t_ns: int, score: float, line: str) -> None:
+    def _trigger(self, service: str, onset_ns: int, t_ns: int, score: float, line: str,
+                 finding_id: str = "") -> None:
         gap = int(self.config.incident_gap_s * 1e9)
         inc = None
         for cand in reversed(self._open.values()):
@@ -351,6 +363,8 @@ class RcaStage:
                 self.m_evicted.labels("incident_service").inc()
                 inc.order = inc.order[:200]
         inc.services[service] = max(inc.services.get(service, 0.0), score)
+        if finding_id and len(inc.finding_ids) < 200:
+            inc.finding_ids.append(finding_id)
         if line:
             lines = inc.anomaly_lines.setdefault(service, [])
             if len(lines) < 3:
@@ -398,7 +412,7 @@ class RcaStage:
         return self._report(inc, result, g, onset, until)
 
     def _similar(self, result: RankResult) -> tuple[list[str], list[str]]:
-        if self.incidents is None or not hasattr(self.incidents, "similar"):
+        if self.incidents is None:
             return [], []
         try:
             from receiver.rca.incident_model import Incident
@@ -419,6 +433,19 @@ class RcaStage:
                          "remediation: "
                          f"{'; '.join(inc.remediation[:3]) or '?'}; resolution notes: {notes or 'none'}")
         return lines, ids
+
+    def _incident_id(self, inc: _Incident) -> str:
+        """One identity with the incident tracker: its incident that holds this incident's anomaly
+        findings (it saw them first: they were forwarded before the analysis); else this stage's own
+        id, under which the tracker opens the incident when the report reaches it."""
+        if self.incidents is None or not inc.finding_ids:
+            return inc.id
+        try:
+            found = self.incidents.incident_id_for_findings(inc.finding_ids)
+        except Exception:  # noqa: BLE001 - the tracker is advisory here; keep our own id
+            self.m_suppressed.labels("incident_lookup_error").inc()
+            return inc.id
+        return found or inc.id
 
     def _report(self, inc: _Incident, result: RankResult, g: nx.DiGraph, since: int, until: int) -> Finding:
         cfg = self.config
@@ -458,6 +485,7 @@ class RcaStage:
                     steps = verdict.steps or steps
                     text = verdict.explanation or text
         root = ranked[0]
+        incident_id = self._incident_id(inc)
         inc.roots.append(root)
         inc.reports += 1
         self._reported[root] = (until, inc.id)
@@ -475,7 +503,7 @@ class RcaStage:
             "rca.root_cause_issue": issue,
             "rca.remediation": list(steps),
             "rca.explainer": explainer,
-            "rca.incident_id": inc.id,
+            "rca.incident_id": incident_id,
             "rca.triggers": list(inc.order[:20]),
             "rca.window.start": int(since),
             "rca.window.end": int(until),
