@@ -47,13 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     ep = ev_sub.add_parser("parsing", help="template mining on Loghub-2k (GA, FGA, PA, lines/s)")
     ep.add_argument("--data", required=True, metavar="DIR")
     ep.add_argument("--json", action="store_true")
-    ea = ev_sub.add_parser("anomaly", help="anomaly detection on HDFS sessions or a labelled Loghub log")
-    ea.add_argument("--data", required=True, metavar="PATH")
+    ea = ev_sub.add_parser("anomaly", help="anomaly detection on labelled logs, beside two simple baselines")
+    ea.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                    help="a directory with block_sessions.jsonl, a label-first raw log (BGL layout), or a "
+                    "directory with anomaly_label.csv and one *.log; several paths print a table")
     ea.add_argument("--json", action="store_true")
     ea.add_argument("--llm", metavar="off|local|URL", default=None,
                     help="also run the LLM cascade and compare with sending every window to the LLM")
     ea.add_argument("--window-s", type=float, default=3600.0,
                     help="window size in seconds for a labelled raw log (default 3600)")
+    ea.add_argument("--session-regex", default=None,
+                    help="session key regex for a raw log with anomaly_label.csv "
+                    "(default: logs.windows.session_regex)")
     er = ev_sub.add_parser("rca", help="root-cause accuracy on simulated fault cases")
     er.add_argument("--cases", type=int, default=20)
     er.add_argument("--seed", type=int, default=1)
@@ -112,10 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.llm in (None, "off"):
                     from receiver.eval.anomaly import run as run_anomaly
 
-                    return run_anomaly(args.data, args.json, window_s=args.window_s)
+                    return run_anomaly(args.data, args.json, window_s=args.window_s,
+                                       session_regex=args.session_regex)
                 from receiver.llm.evalmode import run as run_cascade_eval
 
-                return run_cascade_eval(args.data, args.json, args.llm, window_s=args.window_s)
+                return run_cascade_eval(args.data[0], args.json, args.llm, window_s=args.window_s)
             if args.eval_command == "rca":
                 from receiver.eval.rca import run as run_rca
 
