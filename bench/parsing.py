@@ -7,8 +7,8 @@
   3. repeated HDFS (the 2k lines replayed `HDFS_REPEAT` times);
   4. memory: 1M lines of high-cardinality content through our miner with default caps (RSS growth
      at each quarter, templates held, evictions counted), and tracemalloc over 100k more.
-drain3's settings (`rex`, `st`, `depth`) are the Loghub/Drain benchmark ones (logpai/loghub-2.0
-benchmark/old_benchmark/Drain_benchmark.py; Spark's effective regex list there is empty).
+drain3's settings (`rex`, `st`, `depth`) are the Loghub/Drain benchmark ones
+(`receiver.eval.parsing.DRAIN3_SETTINGS`, shared with `eval parsing`).
 Speed: lines per second of process CPU time (`time.process_time`, so other processes on a shared
 machine do not count against either side); each measurement runs both miners BENCH_PARSING_REPEATS
 times (default 3), alternating, and keeps each one's best time.
@@ -30,10 +30,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from drain3 import TemplateMiner as Drain3Miner
-from drain3.masking import MaskingInstruction
-from drain3.template_miner_config import TemplateMinerConfig
 
-from receiver.eval.parsing import Dataset, grouping_accuracy, load_all, normalize_template, parsing_accuracy
+from receiver.eval.parsing import Dataset, load_all, make_drain3, scores
 from receiver.logs.templates import TemplateMiner, TemplatesConfig
 
 DATA = Path(
@@ -45,49 +43,6 @@ HDFS_REPEAT = int(os.environ.get("BENCH_PARSING_HDFS_REPEAT", "25"))
 REPEATS = int(os.environ.get("BENCH_PARSING_REPEATS", "3"))
 MEMORY_LINES = int(os.environ.get("BENCH_PARSING_MEMORY_LINES", "1000000"))
 TRACED_LINES = int(os.environ.get("BENCH_PARSING_TRACED_LINES", "100000"))
-
-# Loghub / Drain benchmark settings (regexes, similarity threshold, depth) per system.
-DRAIN_SETTINGS: dict[str, dict[str, object]] = {
-    "HDFS": {"regex": [r"blk_-?\d+", r"(\d+\.){3}\d+(:\d+)?"], "st": 0.5, "depth": 4},
-    "Hadoop": {"regex": [r"(\d+\.){3}\d+"], "st": 0.5, "depth": 4},
-    "Spark": {"regex": [], "st": 0.5, "depth": 4},
-    "Zookeeper": {"regex": [r"(/|)(\d+\.){3}\d+(:\d+)?"], "st": 0.5, "depth": 4},
-    "BGL": {"regex": [r"core\.\d+"], "st": 0.5, "depth": 4},
-    "HPC": {"regex": [r"=\d+"], "st": 0.5, "depth": 4},
-    "Thunderbird": {"regex": [r"(\d+\.){3}\d+"], "st": 0.5, "depth": 4},
-    "Windows": {"regex": [r"0x.*?\s"], "st": 0.7, "depth": 5},
-    "Linux": {"regex": [r"(\d+\.){3}\d+", r"\d{2}:\d{2}:\d{2}"], "st": 0.39, "depth": 6},
-    "Android": {
-        "regex": [
-            r"(/[\w-]+)+",
-            r"([\w-]+\.){2,}[\w-]+",
-            r"\b(\-?\+?\d+)\b|\b0[Xx][a-fA-F\d]+\b|\b[a-fA-F\d]{4,}\b",
-        ],
-        "st": 0.2,
-        "depth": 6,
-    },
-    "HealthApp": {"regex": [], "st": 0.2, "depth": 4},
-    "Apache": {"regex": [r"(\d+\.){3}\d+"], "st": 0.5, "depth": 4},
-    "Proxifier": {
-        "regex": [r"<\d+\ssec", r"([\w-]+\.)+[\w-]+(:\d+)?", r"\d{2}:\d{2}(:\d{2})*", r"[KGTM]B"],
-        "st": 0.6,
-        "depth": 3,
-    },
-    "OpenSSH": {"regex": [r"(\d+\.){3}\d+", r"([\w-]+\.){2,}[\w-]+"], "st": 0.6, "depth": 5},
-    "OpenStack": {"regex": [r"((\d+\.){3}\d+,?)+", r"/.+?\s", r"\d+"], "st": 0.5, "depth": 5},
-    "Mac": {"regex": [r"([\w-]+\.){2,}[\w-]+"], "st": 0.7, "depth": 6},
-}
-DEFAULT_DRAIN = {"regex": [], "st": 0.4, "depth": 4}
-
-
-def make_drain3(system: str) -> Drain3Miner:
-    s = DRAIN_SETTINGS.get(system, DEFAULT_DRAIN)
-    cfg = TemplateMinerConfig()
-    cfg.drain_sim_th = float(s["st"])  # type: ignore[arg-type]
-    cfg.drain_depth = int(s["depth"])  # type: ignore[call-overload]
-    cfg.masking_instructions = [MaskingInstruction(rx, "*") for rx in s["regex"]]  # type: ignore[union-attr]
-    cfg.profiling_enabled = False
-    return Drain3Miner(config=cfg)
 
 
 class _Drain3Runner:
@@ -134,9 +89,7 @@ class _OursRunner:
         return res
 
 
-def _scores(truth: Sequence[str], predicted: Sequence[str]) -> tuple[float, float, float]:
-    ga, fga = grouping_accuracy(truth, [normalize_template(p) for p in predicted])
-    return ga, fga, parsing_accuracy(truth, predicted)
+_scores = scores  # GA / FGA / PA of final templates (one definition, in receiver.eval.parsing)
 
 
 RUNNERS: dict[str, Callable[[], _OursRunner | _Drain3Runner]] = {"ours": _OursRunner, "drain3": _Drain3Runner}
