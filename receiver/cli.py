@@ -59,9 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--session-regex", default=None,
                     help="session key regex for a raw log with anomaly_label.csv "
                     "(default: logs.windows.session_regex)")
-    er = ev_sub.add_parser("rca", help="root-cause accuracy on simulated fault cases")
-    er.add_argument("--cases", type=int, default=20)
-    er.add_argument("--seed", type=int, default=1)
+    er = ev_sub.add_parser("rca", help="root-cause accuracy on recorded incidents (--data) or simulated "
+                                       "faults (--sim)")
+    src = er.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DIR", help="recorded cases in the Nezha format (labels/cases.json "
+                                                   "here or one level below)")
+    src.add_argument("--sim", action="store_true", help="simulated fault cases (not evidence of accuracy)")
+    er.add_argument("--mode", choices=("localize", "detect"), default="localize",
+                    help="--data: rank for the known fault window, or score the automatic path")
+    er.add_argument("--window-s", type=float, default=120.0,
+                    help="--data: the case window after the injection (default 120 s)")
+    er.add_argument("--cases", type=int, default=None, help="at most this many cases (--sim: default 20)")
+    er.add_argument("--seed", type=int, default=1, help="--sim: the first case's seed")
     er.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo",
@@ -123,9 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return run_cascade_eval(args.data[0], args.json, args.llm, window_s=args.window_s)
             if args.eval_command == "rca":
-                from receiver.eval.rca import run as run_rca
+                if args.sim:
+                    from receiver.eval.rca import run as run_rca
 
-                return run_rca(args.cases, args.seed, args.json)
+                    return run_rca(args.cases if args.cases is not None else 20, args.seed, args.json)
+                from receiver.eval.rca_replay import run as run_replay
+
+                return run_replay(args.data, args.mode, args.cases, args.json, args.window_s)
         if args.command == "demo":
             from receiver.sim.demo import main as demo_main
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -146,6 +146,8 @@ class RcaStage:
         # root -> (event time of its last report, incident id)
         self._reported: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self._flagged: dict[tuple[str, int], bool] = {}
+        # (window end, service, confidence) of recent anomaly findings, for investigations
+        self._anomalies: deque[tuple[int, str, float]] = deque(maxlen=10_000)
         self._checked_until = 0  # buckets below this start have been checked for shifts
         self._finding_now = 0
         self._stop = threading.Event()
@@ -203,6 +205,7 @@ class RcaStage:
                 line = (f"anomaly.detected in {svc}: {f.attributes.get(A_TYPE, 'anomaly')} "
                         f"(confidence {score:.2f}) {f.body[:200]}").strip()
                 self._finding_now = max(self._finding_now, end)
+                self._anomalies.append((end, svc, min(1.0, max(0.0, score))))
                 self.m_triggers.labels("finding").inc()
                 self._trigger(svc, max(start, end - self.signals.bucket_ns()), end,
                               min(1.0, max(0.0, score)), line, finding_id=f.id)
@@ -369,6 +372,30 @@ class RcaStage:
             lines = inc.anomaly_lines.setdefault(service, [])
             if len(lines) < 3:
                 lines.append(line)
+
+    # --- investigation on demand ------------------------------------------------------------
+    def investigate(self, start_ns: int, end_ns: int, service: str | None = None) -> RankResult:
+        """Rank root-cause candidates for the event-time window [start, end) without waiting for a
+        trigger (the fault time is known: an SRE paged by another system asks "why"). Candidates:
+        every service seen (in spans or logs), or, with `service`, that service, what it calls and
+        what calls it; anomaly findings in the window lend their confidence."""
+        with self._lock:
+            g = self.call_graph()
+            scores: dict[str, float] = {}
+            for end, svc, conf in self._anomalies:
+                if start_ns <= end <= end_ns + self.signals.bucket_ns():
+                    scores[svc] = max(scores.get(svc, 0.0), conf)
+        nodes = set(g.nodes) | set(self.signals.nodes()) | set(scores)
+        if service is not None:
+            near = {service}
+            if service in g:
+                near |= nx.descendants(g, service) | nx.ancestors(g, service)
+            nodes &= near
+            nodes.add(service)
+        anomalous = sorted(n for n in nodes if n not in IGNORED_NODES)
+        return rank(self.signals, g, anomalous, start_ns, end_ns, anomaly_scores=scores,
+                    baseline_s=self.config.baseline_s, weights=self.weights,
+                    max_candidates=max(self.config.max_candidates, len(anomalous)))
 
     # --- analysis ------------------------------------------------------------------------
     def call_graph(self) -> nx.DiGraph:
