@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from receiver.logs.templates import TemplateMiner, TemplatesConfig
 from receiver.logs.windows import NS, Window, WindowManager, WindowsConfig, severity_class
 
+ENTITY_GAP_S = 3600.0
 # the share of a readable input that may fail to parse before it is refused as the wrong format
 MAX_UNPARSED_SHARE = 0.5
 
@@ -235,7 +236,11 @@ def read_raw_sessions(path: Path, session_regex: str | None = None) -> Prepared:
     if len(logs) != 1:
         raise FormatError(f"{path}: expected exactly one *.log beside anomaly_label.csv, found {len(logs)}")
     labels = read_label_csv(path / "anomaly_label.csv")
-    cfg = WindowsConfig(tumbling=False, session_key="regex", allowed_lateness_s=0.0)
+    # an entity (a block, a VM, a job) lives far longer than a request: its session closes after an
+    # hour without lines (not the 30 s gap meant for trace ids), and the caps hold every open entity
+    cfg = WindowsConfig(tumbling=False, session_key="regex", allowed_lateness_s=0.0,
+                        session_gap_s=ENTITY_GAP_S, session_max_s=7 * 86400.0,
+                        max_sessions_per_service=100_000, max_sessions_total=100_000)
     if session_regex:
         cfg.session_regex = session_regex
     key_re = re.compile(cfg.session_regex)
