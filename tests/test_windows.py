@@ -125,14 +125,24 @@ def test_sessions_by_trace_id_with_gap_and_max_length() -> None:
     add(wm, 1, tid=2, trace=b)
     add(wm, 5, tid=3, trace=a)
     add(wm, 2, tid=9)  # no trace id: no session
-    closed = add(wm, 36, tid=4, trace=b)  # watermark 36: a last event 5 + 30 <= 36
+    add(wm, 25, tid=7, trace=b)
+    closed = add(wm, 36, tid=4, trace=b)  # watermark 36: a's last event 5 + 30 < 36
     assert [(w.key, w.template_sequence, w.closed_by) for w in closed] == [(a, [1, 3], "gap")]
     assert closed[0].start_ns == T0 and closed[0].end_ns == T0 + 5 * NS and closed[0].kind == "session"
-    closed = add(wm, 60, tid=5, trace=b)
-    assert closed == []
+    assert add(wm, 60, tid=5, trace=b) == []
+    assert add(wm, 84, tid=8, trace=b) == []
     closed = add(wm, 102, tid=6, trace=b)  # b started at 1: spans > 100 s -> closed, new session
-    assert [(w.key, w.template_sequence, w.closed_by) for w in closed] == [(b, [2, 4, 5], "max_length")]
+    assert [(w.key, w.template_sequence, w.closed_by) for w in closed] == [(b, [2, 7, 4, 5, 8], "max_length")]
     assert [(w.key, w.template_sequence) for w in wm.flush()] == [(b, [6])]
+
+
+def test_a_session_gap_is_measured_in_event_time() -> None:
+    wm = mk(session_key="trace_id", tumbling=False, session_gap_s=30, allowed_lateness_s=0)
+    a = "aa" * 16
+    add(wm, 0, tid=1, trace=a)
+    closed = add(wm, 31, tid=2, trace=a)  # 31 s after the last event: a new session, the first closes
+    assert [(w.template_sequence, w.closed_by) for w in closed] == [([1], "gap")]
+    assert [w.template_sequence for w in wm.flush()] == [[2]]
 
 
 def test_sessions_by_regex_line_joins_every_key() -> None:

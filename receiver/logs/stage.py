@@ -4,8 +4,10 @@
 (service = resource attribute `service.name`, event time = `time_unix_nano`, else
 `observed_time_unix_nano`, else the receive time; severity number/text, inferred from a leading
 level word of the body when both are unset; body rendered as a string; trace/span ids in hex),
-redacts the body, matches it against the service's templates and adds it to the windows. Windows
-that close (watermark, gap, caps) go to `windows_consumer.consume_windows(list[Window])`.
+redacts the body, matches it against the service's templates and adds it to the windows; one request
+is one delivery for the windows' watermark (records of equal event time keep the order of their
+observed time). Windows that close (watermark, gap, caps) go to
+`windows_consumer.consume_windows(list[Window])` in close order.
 
 Lifecycle: `start()` runs a small thread that applies the idle flush every `tick_s` seconds;
 `flush()` closes every open window now and hands them on; `shutdown()` stops the thread and
@@ -31,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter
 from receiver.component import StageConfig, positive
 from receiver.logs.redact import RedactConfig, Redactor
 from receiver.logs.templates import TemplateMiner, TemplatesConfig
-from receiver.logs.windows import Window, WindowManager, WindowsConfig, severity_class
+from receiver.logs.windows import Record, Window, WindowManager, WindowsConfig, severity_class
 from receiver.model import LogEvent
 
 TEMPLATES_FILE = "templates.json"
@@ -158,7 +160,11 @@ class LogsStage:
     # ------------------------------------------------------------------ data
     def events(self, req: ExportLogsServiceRequest) -> list[LogEvent]:
         """Flatten a request into LogEvents (bodies NOT yet redacted)."""
-        out: list[LogEvent] = []
+        return [ev for ev, _ in self._events(req)]
+
+    def _events(self, req: ExportLogsServiceRequest) -> list[tuple[LogEvent, int]]:
+        """(event, observed time or 0) for every record of a request."""
+        out: list[tuple[LogEvent, int]] = []
         now = time.time_ns()
         cut = self.config.max_body_chars
         horizon = now + int(self.config.max_future_s * 1e9)
@@ -177,7 +183,7 @@ class LogsStage:
                     if t > horizon:  # a clock far ahead would push the watermark past all real data
                         self.m_future.inc()
                         t = r.observed_time_unix_nano if 0 < r.observed_time_unix_nano <= horizon else now
-                    out.append(
+                    out.append((
                         LogEvent(
                             service=service,
                             time_ns=int(t),
@@ -186,21 +192,27 @@ class LogsStage:
                             body=body,
                             trace_id=r.trace_id.hex() if len(r.trace_id) == 16 and any(r.trace_id) else "",
                             span_id=r.span_id.hex() if len(r.span_id) == 8 and any(r.span_id) else "",
-                        )
-                    )
+                        ),
+                        int(r.observed_time_unix_nano),
+                    ))
         return out
 
     def consume_logs(self, req: ExportLogsServiceRequest) -> None:
-        closed: list[Window] = []
-        for ev in self.events(req):
+        records: list[Record] = []
+        for ev, observed in self._events(req):
             try:
-                closed += self.consume_event(ev)
+                records.append(self._record(ev, observed))
             except Exception:  # noqa: BLE001 - one bad record never stops the batch
                 self.m_errors.inc()
-        self._emit(closed)
+        self._emit(self.windows.add_delivery(records))
 
     def consume_event(self, ev: LogEvent) -> list[Window]:
-        """Redact, mine and window one event; returns the windows it closed (not yet emitted)."""
+        """Redact, mine and window one event (a delivery of its own); returns the windows it closed
+        (not yet emitted)."""
+        return self.windows.add_delivery([self._record(ev, 0)])
+
+    def _record(self, ev: LogEvent, observed_ns: int) -> Record:
+        """Redact and mine one event: what the windows take."""
         self.m_records.inc()
         body, _ = self.redactor.redact(ev.body)
         ev.body = body
@@ -210,17 +222,8 @@ class LogsStage:
             if m:
                 sev = severity_class(0, m.group(1))
         match = self.miner.match(ev.service, body)
-        return self.windows.add(
-            ev.service,
-            ev.time_ns,
-            sev,
-            body,
-            match.template_id,
-            match.template,
-            match.is_new,
-            ev.trace_id,
-            ev.span_id,
-        )
+        return Record(ev.service, ev.time_ns, sev, body, match.template_id, match.template, match.is_new,
+                      ev.trace_id, ev.span_id, observed_ns)
 
     def tick(self, now: float | None = None) -> list[Window]:
         """Apply the idle flush now (the start() thread calls this every tick_s)."""
@@ -241,7 +244,7 @@ class LogsStage:
     def _emit(self, closed: list[Window]) -> None:
         if not closed:
             return
-        closed.sort(key=lambda w: (w.end_ns, w.service))
+        closed.sort(key=self.windows.close_order)
         n_session = sum(1 for w in closed if w.kind == "session")
         if n_session:
             self.m_windows.labels("session").inc(n_session)
