@@ -61,7 +61,8 @@ _DEFAULT_PATTERNS: list[tuple[str, str]] = [
     ("mac", r"\b[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}\b"),
     ("block", r"\bblk_-?\d+\b"),
     ("hex", r"\b0[xX][0-9a-fA-F]+\b"),
-    ("path", r"(?<![\w.])(?:[A-Za-z]:)?[\w.\-{}$~]*(?:[\\/][\w.\-$~@+%{}*?]+){2,}[\\/]?"),
+    # a path, with its query string if any (`/v1/servers/detail?limit=10&marker=x`: one value)
+    ("path", r"(?<![\w.])(?:[A-Za-z]:)?[\w.\-{}$~]*(?:[\\/][\w.\-$~@+%{}*?=&]+){2,}[\\/]?"),
     # package/Class component names (Android/Java): com.example.app/.ui.MainActivity
     ("component", r"(?<![\w.])[A-Za-z_][\w$]*(?:\.[\w$]+)+/\.?[\w$]+(?:\.[\w$]+)*"),
     ("host", rf"\b(?:[A-Za-z0-9\-]+\.)+{_TLD}(?::\d+)?\b"),

@@ -14,7 +14,8 @@ Per line:
   4. Otherwise a new template. Two templates differing in one *word* (`bytes`/`values`) stay apart
      (they are usually different events), but when `merge_siblings` templates differ only in the same
      position, that position is a variable: they are merged into the oldest (ids of the others become
-     aliases of it, resolved by `template()`).
+     aliases of it, resolved by `template()`). Except at the line's first constant word (the request
+     method, the verb), which names the event: there only first words each seen once are merged.
 
 Bounded: templates per service and in all (least-recently-matched evicted, in batches), services
 (least-recently-seen evicted), line cache, token cache, aliases, templates scanned per bucket. Every
@@ -22,8 +23,8 @@ eviction is counted in metrics. Templates survive restarts through `save(path)` 
 atomic replace; ids, aliases and recency order kept).
 
 Threads: line-cache hits run without the lock (GIL-atomic reads, benign counter writes); everything
-that changes structure runs under one lock. Measured (bench/parsing.py): about 3.5x drain3's lines/s
-on a mixed stream of the 12 Loghub-2k systems, ~1 µs per cached line.
+that changes structure runs under one lock. Speed and accuracy against drain3: `python -m bench parsing`
+(figures in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -612,7 +613,12 @@ class TemplateMiner:
     def _merge_siblings(self, svc: _Service, cl: _Cluster) -> _Cluster | None:
         """If `merge_siblings` templates (cl included) differ from each other in exactly one and the
         same position, that position is a variable: merge them into the oldest one. A new template
-        with a one-word sibling remembers it (`variant_of`)."""
+        with a one-word sibling remembers it (`variant_of`).
+
+        The first constant word of a line usually says what happened (the request method, the verb:
+        `"GET ...`, `"POST ...`; Drain's prefix tree rests on the same observation, ICWS'17): siblings
+        differing there stay apart once one of them has recurred. Only a burst of first words each
+        seen once (table names, component names heading their lines) is taken as a variable."""
         need = self.config.merge_siblings - 1
         # candidates: same first word (same bucket: they may differ later on) or same everything but
         # the first word (the tail index)
@@ -626,6 +632,7 @@ class TemplateMiner:
         skel = cl.skel
         n_const = sum(1 for t in skel if t != WILDCARD)
         constants = [n_const - (t != WILDCARD) for t in skel]
+        lead = next((i for i, t in enumerate(skel) if t != WILDCARD), -1)  # the first constant word
         min_constants = self._min_constants
         ne = operator.ne
         seen: set[int] = set()
@@ -639,7 +646,7 @@ class TemplateMiner:
             if constants[pos] >= min_constants:
                 group = groups.setdefault(pos, [])
                 group.append(other)
-                if len(group) >= need:
+                if len(group) >= need and (pos != lead or all(o.count <= 1 for o in group)):
                     return self._merge(svc, [*group, cl])
         return None
 
@@ -873,7 +880,9 @@ def _shell(a: str, b: str) -> tuple[int, int]:
     return i, j
 
 
-_VALUE_WORDS = frozenset({"true", "false", "null", "none", "nil", "undefined"})
+# booleans and null values; a lone "-" is the conventional empty value of a field (the Common Log Format's
+# missing user, syslog's NILVALUE in RFC 5424)
+_VALUE_WORDS = frozenset({"true", "false", "null", "none", "nil", "undefined", "-"})
 
 
 def _value_like(mid: str) -> bool:
