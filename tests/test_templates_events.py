@@ -115,3 +115,18 @@ def test_lines_differing_in_request_ids_uuids_addresses_and_numbers_group_togeth
     # a different constant word is a different event
     other = miner.match("svc", lines[0].replace("Attempting claim", "Rejecting claim"))
     assert miner.canonical_id("svc", other.template_id) != ids[0]
+
+
+def test_leading_context_in_brackets_is_not_the_event_word() -> None:
+    # a logger's context prefix ("[client <address>]") comes before the words that say what happened
+    rng = random.Random(5)
+    verbs = ["Uploaded"] * 15 + ["Downloaded", "Uploaded", "Downloaded"] + ["Uploaded"] * 5 + ["Deleted"]
+    lines = [
+        f"[client 10.2.{rng.randint(0, 255)}.{rng.randint(1, 254)}] {v} object /data/{rng.randint(1, 99)}/"
+        f"part-{rng.randint(1, 999)} in bucket archive within {rng.randint(1, 999)} ms"
+        for v in verbs
+    ]
+    _, ids = _mine(lines)
+    groups = _groups(verbs, ids)
+    assert all(len(g) == 1 for g in groups.values()), groups
+    assert len({next(iter(g)) for g in groups.values()}) == 3

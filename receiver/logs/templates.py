@@ -615,10 +615,9 @@ class TemplateMiner:
         same position, that position is a variable: merge them into the oldest one. A new template
         with a one-word sibling remembers it (`variant_of`).
 
-        The first constant word of a line usually says what happened (the request method, the verb:
-        `"GET ...`, `"POST ...`; Drain's prefix tree rests on the same observation, ICWS'17): siblings
+        The message's first constant word (`_lead_word`) usually says what happened: siblings
         differing there stay apart once one of them has recurred. Only a burst of first words each
-        seen once (table names, component names heading their lines) is taken as a variable."""
+        seen once (table or device names heading their lines) is taken as a variable."""
         need = self.config.merge_siblings - 1
         # candidates: same first word (same bucket: they may differ later on) or same everything but
         # the first word (the tail index)
@@ -632,7 +631,7 @@ class TemplateMiner:
         skel = cl.skel
         n_const = sum(1 for t in skel if t != WILDCARD)
         constants = [n_const - (t != WILDCARD) for t in skel]
-        lead = next((i for i, t in enumerate(skel) if t != WILDCARD), -1)  # the first constant word
+        lead = _lead_word(cl.tokens, skel)
         min_constants = self._min_constants
         ne = operator.ne
         seen: set[int] = set()
@@ -763,6 +762,17 @@ class TemplateMiner:
         self._unindex_tail(svc, cl)
         cl.set_tokens(tokens)
         self._index_tail(svc, cl)
+
+
+def _lead_word(tokens: list[str], skel: list[str]) -> int:
+    """Position of the message's first constant word, after a leading bracketed context (`[client
+    <ip>]`, `[req-<id> ...]`, `[instance: <id>]`: attached by the logger, not the message), or -1. It
+    usually names the event: the request method (`"GET <path>`), the verb (`Started Session <n>`).
+    Drain keys its prefix tree on a message's first tokens for the same reason (ICWS'17)."""
+    start = 0
+    if tokens and tokens[0].startswith("["):
+        start = next((i + 1 for i, t in enumerate(tokens) if "]" in t), 0)
+    return next((i for i in range(start, len(skel)) if skel[i] != WILDCARD), -1)
 
 
 def _collapse_runs(tokens: list[str], params: list[str] | None, run: int) -> tuple[list[str], list[str]]:
