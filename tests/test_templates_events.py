@@ -130,3 +130,16 @@ def test_leading_context_in_brackets_is_not_the_event_word() -> None:
     groups = _groups(verbs, ids)
     assert all(len(g) == 1 for g in groups.values()), groups
     assert len({next(iter(g)) for g in groups.values()}) == 3
+
+
+def test_lines_of_named_values_group_by_their_names() -> None:
+    # every token is name=value: the names are the constant text that makes two lines one event
+    lines = [
+        'lock=166121161, flags=0x1, tag="RadioAck", name=com.example.phone, ws=null, uid=1001',
+        'lock=233570404, flags=0x0, tag="*launch*", name=android, ws=WorkSource{10113}, uid=1000',
+        'lock=62617001, flags=0x1, tag="AudioMix", name=audioserver, ws=null, uid=1041',
+    ]
+    miner, ids = _mine(lines)
+    assert len(set(ids)) == 1, [miner.template("svc", i) for i in set(ids)]
+    other = miner.match("svc", 'lock=1, flags=0x1, tag="RadioAck", name=x, ws=null, pid=1001')
+    assert miner.canonical_id("svc", other.template_id) != ids[0]  # another name: another event

@@ -570,7 +570,7 @@ class TemplateMiner:
                 anchored = False  # a non-identical line must share at least one constant word
                 for a, b in zip(cl.tokens, tokens, strict=True):
                     if a == b:
-                        if not anchored and WILDCARD not in a:
+                        if not anchored and (WILDCARD not in a or _keyed(a)):
                             anchored = True
                         continue
                     if WILDCARD in a and _glob(a, b):
@@ -849,6 +849,14 @@ def _params(template_tokens: list[str], tokens: list[str], rparams: list[str]) -
             value = value[len(pre) : len(value) - len(suf)]
         out.append(value)
     return out
+
+
+_KEYED = re.compile(r"[A-Za-z_][\w.:\-]*[=:]").match
+
+
+def _keyed(token: str) -> bool:
+    """Is the token a named value (`lock=<*>`, `uid:<*>`)? Its name is constant text."""
+    return _KEYED(token) is not None
 
 
 def _is_word(ch: str) -> bool:
