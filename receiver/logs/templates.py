@@ -570,7 +570,7 @@ class TemplateMiner:
                 anchored = False  # a non-identical line must share at least one constant word
                 for a, b in zip(cl.tokens, tokens, strict=True):
                     if a == b:
-                        if not anchored and (WILDCARD not in a or _keyed(a)):
+                        if not anchored and (WILDCARD not in a or (a[0] != "<" and _keyed(a))):
                             anchored = True
                         continue
                     if WILDCARD in a and _glob(a, b):
