@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--cases", type=int, default=None, help="at most this many cases (--sim: default 20)")
     er.add_argument("--seed", type=int, default=1, help="--sim: the first case's seed")
     er.add_argument("--json", action="store_true")
+    eq = ev_sub.add_parser("quiet", help="false alarms on simulated healthy traffic (noise on, no fault)")
+    eq.add_argument("--hours", type=float, default=2.0, help="simulated hours (default 2)")
+    eq.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    eq.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo",
                           help="start the analyzer and a simulated microservice system, inject a fault")
@@ -139,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from receiver.eval.rca_replay import run as run_replay
 
                 return run_replay(args.data, args.mode, args.cases, args.json, args.window_s)
+            if args.eval_command == "quiet":
+                from receiver.eval.quiet import main as quiet_main
+
+                return quiet_main(["--hours", str(args.hours), "--seed", str(args.seed)]
+                                  + (["--json"] if args.json else []))
         if args.command == "demo":
             from receiver.sim.demo import main as demo_main
 
