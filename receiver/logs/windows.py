@@ -4,8 +4,8 @@ Tumbling windows (default 60 s, `tumbling_s`) are aligned to the epoch in EVENT 
 timestamp); session windows group the events of one key: the trace id (`session_key: trace_id`), or
 the matches of `session_regex` in the body (`session_key: regex`, e.g. HDFS block ids `blk_-?\\d+`; a
 line mentioning several keys joins each of their sessions, at most `max_keys_per_line`). Events of a
-key no more than `session_gap_s` apart (in event time) are one session; a session longer than
-`session_max_s` is closed and the next later event starts a new one.
+key no more than `session_gap_s` apart (in event time) are one session, up to `session_max_s` from
+its first event (a later event starts the next session).
 
 Watermark. Senders deliver out of order: a Collector runs several requests at once (its
 `sending_queue.num_consumers`, 10 by default) and retries failed ones, so a request with older
@@ -13,11 +13,14 @@ records often arrives after newer ones. Each service keeps its event-time progre
 event time that `max_in_flight` deliveries have reached (the `max_in_flight`-th largest delivery
 maximum), so one request far ahead of the rest (a concurrent sender that got there first) does not
 move it. The watermark is progress - `allowed_lateness_s`. A tumbling window [start, end) closes when
-the watermark passes `end`; a session when it passes the session's last event + `session_gap_s`.
+the watermark passes `end`; a session when it passes its last event + `session_gap_s` or its first
+event + `session_max_s`.
 Until then a record is merged into its window whatever order it arrives in, and what a window holds
 does not depend on the arrival order: lists are kept by event time (the template sequence by event
 time, then observed time, then arrival; exemplars by severity, then event time; error trace ids by
-event time), and a late record that bridges two sessions of a key merges them. `add()` is for a
+event time), and a late record that bridges two sessions of a key merges them (unless the merged
+session would exceed `session_max_s`: where a key's lines arrive out of order around that limit,
+the split point can differ from in-order delivery). `add()` is for a
 caller that feeds one ordered stream (replays, eval): its progress is simply the highest event time.
 Windows leave in the order the watermark closes them (`close_order`), so the detector sees the same
 sequence whatever the delivery order.
@@ -35,7 +38,7 @@ per silence.
 Bounds (each overflow counted in `log_window_evictions_total{reason}`): `max_services` (least
 recently seen service: its windows are closed and emitted, then forgotten), open tumbling windows
 per service (`max_open_windows`, oldest closed early), sessions per service and overall (the one
-with the oldest last event closed early), exemplars, error trace ids, distinct templates per window
+due to close first is closed early), exemplars, error trace ids, distinct templates per window
 (excess counted under id -1), template sequence length (the earliest kept).
 """
 
@@ -117,8 +120,8 @@ class WindowsConfig(StageConfig):
     max_keys_per_line: int = 4
     max_services: int = 1000
     # open tumbling windows per service: live traffic needs allowed_lateness_s / tumbling_s + 2 (7
-    # with the defaults); a fast replay holds every slot with data within its last max_in_flight
-    # requests as well (up to 64 for a 100-record-batch replay of a 14-hour HDFS log)
+    # with the defaults); a fast replay also holds every slot with data in its last max_in_flight
+    # requests, which can span hours of event time
     max_open_windows: int = 128
     max_sessions_per_service: int = 5_000
     max_sessions_total: int = 20_000
