@@ -52,13 +52,18 @@ def test_a_record_behind_the_watermark_is_late() -> None:
 
 
 def test_gap_closed_session_waits_for_the_other_senders() -> None:
-    wm = mk(tumbling=False, session_key="trace_id", session_gap_s=30, allowed_lateness_s=0, max_in_flight=2)
+    reg = CollectorRegistry()
+    wm = mk(reg, tumbling=False, session_key="trace_id", session_gap_s=30, allowed_lateness_s=0,
+            max_in_flight=2)
     a = "aa" * 16
     wm.add_delivery([rec(0, 1, trace=a), rec(10, 2, trace=a)])
     assert wm.add_delivery([rec(500, 9, trace="bb" * 16)]) == []  # one far-ahead request
     wm.add_delivery([rec(20, 3, trace=a)])  # the slower sender's record still joins the session
     closed = wm.add_delivery([rec(501, 9, trace="bb" * 16)])
     assert [(w.key, w.template_sequence, w.closed_by) for w in closed] == [(a, [1, 2, 3], "gap")]
+    late = wm.add_delivery([rec(25, 4, trace=a)])  # behind the watermark now: a session of its own
+    assert [(w.key, w.template_sequence) for w in late] == [(a, [4])]
+    assert reg.get_sample_value("log_window_late_session_events_total") == 1
 
 
 def test_a_late_record_between_two_sessions_merges_them() -> None:

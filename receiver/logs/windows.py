@@ -27,7 +27,9 @@ sequence whatever the delivery order.
 
 An event older than the start of the oldest tumbling window that may still be open (its window has
 closed) is LATE: counted in `log_window_late_events_total` and dropped (not folded into a later
-window, which would distort that window's rate and severity mix).
+window, which would distort that window's rate and severity mix). A late event of a session key
+that fits no open session is kept as a session of its own, counted in
+`log_window_late_session_events_total`.
 
 Silence. When the watermark passes tumbling slots with no event, up to `max_empty_windows` empty
 windows (count 0) are emitted per gap so the detector can judge silence in replays; in live operation
@@ -326,6 +328,11 @@ class WindowManager:
             "log_window_evictions",
             "Caps hit (windows closed early or data dropped)",
             ["reason"],
+            registry=registry,
+        )
+        self.m_late_sessions = Counter(
+            "log_window_late_session_events",
+            "Events behind the watermark that started a session of their own (kept, not merged)",
             registry=registry,
         )
         self.m_merged = Counter(
@@ -631,6 +638,8 @@ class WindowManager:
                     self.m_evicted.labels("max_sessions_per_service").inc()
             if self._n_sessions >= cfg.max_sessions_total:
                 self._evict_oldest_session(closed)
+            if t < st.progress - self._late_ns:
+                self.m_late_sessions.inc()
             o = self._new_window(service, "session", key, t, t)
             st.sessions.setdefault(key, []).append(o)
             st.n_sessions += 1
