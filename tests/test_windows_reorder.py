@@ -41,6 +41,19 @@ def test_one_request_far_ahead_does_not_close_windows() -> None:
     assert [w.count for w in wm.flush() if w.count] == [1, 2]
 
 
+def test_a_rarely_sending_service_is_not_held_back_by_max_in_flight() -> None:
+    clock = FakeClock()
+    wm = WindowManager(WindowsConfig(session_key="off", tumbling_s=60, allowed_lateness_s=0, max_in_flight=10,
+                                     in_flight_s=30, idle_flush_s=3600), CollectorRegistry(), clock=clock)
+    wm.add_delivery([rec(5)])
+    clock.t += 20
+    assert wm.add_delivery([rec(70)]) == []  # two requests of ten: not progress yet
+    clock.t += 29
+    assert wm.tick() == []  # 29 s after the second request arrived: one sent with it may still come
+    clock.t += 1
+    assert [(w.start_ns - T0, w.count) for w in wm.tick()] == [(0, 1)]  # its maximum (70) counts now
+
+
 def test_a_record_behind_the_watermark_is_late() -> None:
     reg = CollectorRegistry()
     wm = mk(reg, tumbling_s=60, allowed_lateness_s=0, max_in_flight=2)

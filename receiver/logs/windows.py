@@ -12,7 +12,9 @@ Watermark. Senders deliver out of order: a Collector runs several requests at on
 records often arrives after newer ones. Each service keeps its event-time progress: the highest
 event time that `max_in_flight` deliveries have reached (the `max_in_flight`-th largest delivery
 maximum), so one request far ahead of the rest (a concurrent sender that got there first) does not
-move it. The watermark is progress - `allowed_lateness_s`. A tumbling window [start, end) closes when
+move it; a request's maximum also counts once `in_flight_s` of wall time have passed since it
+arrived (the requests sent with it are in by then), so a service that sends rarely is not held back.
+The watermark is progress - `allowed_lateness_s`. A tumbling window [start, end) closes when
 the watermark passes `end`; a session when it passes its last event + `session_gap_s` or its first
 event + `session_max_s`.
 Until then a record is merged into its window whatever order it arrives in, and what a window holds
@@ -51,7 +53,7 @@ import re
 import threading
 import time
 from bisect import insort
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -111,6 +113,10 @@ class WindowsConfig(StageConfig):
     # deliveries that must reach an event time before it counts as progress: the requests a sender
     # may have in flight at once (the Collector's sending_queue.num_consumers, default 10)
     max_in_flight: int = 10
+    # ... or once this many wall seconds have passed since the request that reached it arrived (the
+    # requests sent with it have arrived or timed out: the Collector's otlphttp timeout is 30 s), so
+    # a service that sends a request every few minutes is not held back by max_in_flight of them
+    in_flight_s: float = 30.0
     # wall-clock silence after which a service's windows are closed; as long as the allowed
     # lateness, so a batch the Collector is still retrying finds its window open
     idle_flush_s: float = 300.0
@@ -135,7 +141,7 @@ class WindowsConfig(StageConfig):
 
     def validate(self) -> None:
         super().validate()
-        for key in ("tumbling_s", "session_gap_s", "session_max_s", "idle_flush_s"):
+        for key in ("tumbling_s", "session_gap_s", "session_max_s", "idle_flush_s", "in_flight_s"):
             positive(getattr(self, key), f"windows.{key}")
         non_negative(self.allowed_lateness_s, "windows.allowed_lateness_s")
         for key in (
@@ -260,6 +266,7 @@ class _ServiceState:
     __slots__ = (
         "progress",
         "top",
+        "pending",
         "tumbling",
         "sessions",
         "n_sessions",
@@ -275,6 +282,7 @@ class _ServiceState:
     def __init__(self, now: float) -> None:
         self.progress = 0  # event time the watermark is measured from (see the module docstring)
         self.top: list[int] = []  # min-heap: the `max_in_flight` largest delivery maxima
+        self.pending: deque[tuple[float, int]] = deque()  # (arrival wall time, delivery maximum)
         self.tumbling: dict[int, _Open] = {}  # window start -> open window
         self.sessions: dict[str, list[_Open]] = {}  # key -> its open sessions (usually one)
         self.n_sessions = 0
@@ -363,10 +371,12 @@ class WindowManager:
 
     def add_delivery(self, records: Iterable[Record]) -> list[Window]:
         """One delivery (an OTLP request): assign its records, then advance each service's progress
-        to the `max_in_flight`-th largest delivery maximum seen and close what the watermark passed."""
+        to the `max_in_flight`-th largest delivery maximum seen (or the largest that arrived
+        `in_flight_s` ago) and close what the watermark passed."""
         closed: list[Window] = []
         k = self.config.max_in_flight
         with self._lock:
+            now = self._clock()
             maxima: dict[str, int] = {}
             for r in records:
                 self._put(r, closed)
@@ -382,6 +392,9 @@ class WindowManager:
                     heapq.heapreplace(st.top, m)
                 if len(st.top) >= k and st.top[0] > st.progress:
                     st.progress = st.top[0]
+                if m > st.progress:
+                    st.pending.append((now, m))
+                self._confirm(st, now)
                 self._advance(service, st, st.progress - self._late_ns, closed)
         closed.sort(key=self.close_order)
         return closed
@@ -413,7 +426,8 @@ class WindowManager:
         return closed
 
     def tick(self, now: float | None = None) -> list[Window]:
-        """Idle flush (wall clock): close the windows of services silent for `idle_flush_s`, then
+        """Wall-clock work: count as progress the requests that arrived `in_flight_s` ago and close
+        what that passes; idle flush: close the windows of services silent for `idle_flush_s`, then
         emit empty windows (at most one per `tumbling_s` of wall time, `max_empty_windows` per
         silence) so the detector can notice a chatty service going quiet."""
         closed: list[Window] = []
@@ -421,6 +435,8 @@ class WindowManager:
         now = self._clock() if now is None else now
         with self._lock:
             for service, st in self._services.items():
+                if st.pending and self._confirm(st, now):
+                    self._advance(service, st, st.progress - self._late_ns, closed)
                 idle = now - st.last_wall
                 if idle < cfg.idle_flush_s:
                     continue
@@ -460,6 +476,17 @@ class WindowManager:
             return list(self._services)
 
     # ---------------------------------------------------------------- internals
+    def _confirm(self, st: _ServiceState, now: float) -> bool:
+        """Progress to the largest delivery maximum that arrived `in_flight_s` ago or earlier."""
+        moved = False
+        limit = now - self.config.in_flight_s
+        while st.pending and st.pending[0][0] <= limit:
+            m = st.pending.popleft()[1]
+            if m > st.progress:
+                st.progress = m
+                moved = True
+        return moved
+
     def _put(self, r: Record, closed: list[Window]) -> _ServiceState:
         st = self._service(r.service, closed)
         st.last_wall = self._clock()
