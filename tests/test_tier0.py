@@ -91,13 +91,15 @@ def check_contract(a: Assessment, type_: str) -> None:
 def test_quiet_on_normal_and_warmup() -> None:
     det, sink = trained()
     assert len(sink.assessments) == 30
-    # during warm-up nothing is reported, except a service whose very first window is mostly
-    # error lines naming a failure (it introduced itself with failures: nothing to learn first)
+    # during warm-up nothing is reported, except a window that is mostly error lines naming a
+    # failure (a service that introduces itself with failures: nothing to learn first)
     fresh = Tier0Detector(DetectConfig(warmup_windows=5), None, CollectorRegistry())
     a = fresh.assess(win(0, {9: 50}, {9: 50}))
     check_contract(a, "novel_template")
     assert "first window of a service never seen before" in a.finding.body  # type: ignore[union-attr]
-    a = fresh.assess(win(1, {9: 50, 11: 5}, {9: 50, 11: 5}))  # second warm-up window: silent
+    a = fresh.assess(win(1, {9: 50, 11: 5}, {9: 50, 11: 5}))  # the same incident's next window
+    assert not a.flagged and any("follow-on of the incident" in r for r in a.reasons)
+    a = fresh.assess(win(2, {1: 50, 9: 1}, {9: 1}))  # routine lines with one failure: warm-up learns
     assert not a.flagged and a.reasons == []
     # a first window of info chatter with one failure, or of failures that name nothing, waits
     for svc, counts, errors in (("b", {1: 20, 9: 1}, {9: 1}), ("c", {1: 10, 2: 10}, {1: 10, 2: 10})):
@@ -416,9 +418,10 @@ def test_dumped_fields_are_context_not_events() -> None:
     assert not a.flagged
     assert any("12 of them are dumped fields, 0 report events" in r for r in a.reasons)
     assert any("a dumped field, not an event" in r for r in a.reasons)
-    # the same count of FATAL lines that report an event is a burst
+    # the same count of FATAL lines that report an event is flagged, as a new failure and as a burst
     b = det.assess(fatal_window(102, {40: 12}, {40: "data TLB error interrupt"}))
-    check_contract(b, "error_burst")
+    assert b.flagged and b.finding is not None
+    assert any(r.startswith("error_burst") for r in b.reasons)
 
 
 def test_incident_follow_on_window_is_not_reported_again_for_novelty() -> None:

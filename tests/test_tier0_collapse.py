@@ -65,8 +65,9 @@ def detector(**kw: object) -> tuple[Tier0Detector, Collect, CollectorRegistry]:
     reg = CollectorRegistry()
     sink = Collect()
     # sequence and invariant checks off (`seq_min_support`, `inv_min_support`): each failing session is
-    # judged by one signal (novelty), so the problem signature is stable over the burst
-    cfg = DetectConfig(warmup_sessions=50, rare_session_share=0.5, collapse_period_s=PERIOD_S,
+    # judged by one signal (novelty), so the problem signature is stable over the burst; the event-time
+    # warm-up is off (the history is 20 s long)
+    cfg = DetectConfig(warmup_sessions=50, warmup_s=0.0, rare_session_share=0.5, collapse_period_s=PERIOD_S,
                        seq_min_support=10**9, inv_min_support=10**9, **kw)  # type: ignore[arg-type]
     det = Tier0Detector(cfg, sink, reg)
     out = det.consume_windows([trace_session(i, [1, 2, 3, 4], i * 0.1) for i in range(200)])  # t < 20 s
@@ -227,7 +228,8 @@ def test_logs_stage_trace_sessions_collapse_and_flush_reports_the_summary() -> N
     from receiver.logs.windows import WindowsConfig
 
     sink = Collect()
-    det = Tier0Detector(DetectConfig(warmup_sessions=0, rare_session_share=1.0), sink, CollectorRegistry())
+    det = Tier0Detector(DetectConfig(warmup_sessions=0, warmup_s=0.0, rare_session_share=1.0), sink,
+                        CollectorRegistry())
     stage = LogsStage(LogsConfig(windows=WindowsConfig(session_key="trace_id")), det, CollectorRegistry())
     t0 = 1_700_000_040 * NS
     records = [LogRecord(time_unix_nano=t0 + i * NS, severity_number=17, trace_id=bytes([i + 1] * 16),

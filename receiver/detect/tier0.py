@@ -48,8 +48,9 @@ Learning: every window updates the baseline after it is scored; the EWMAs skip f
 flagged window's new failure templates (logged at ERROR/FATAL, or naming a failure without a level):
 they are remembered as known bad (`Baseline.known_bad`, capped) and never learned as seen, so a
 failure that repeats stays news instead of becoming normal. A new WARN template is news once.
-Nothing is reported during a service's warm-up (`warmup_windows` tumbling windows,
-`warmup_sessions` sessions) except the first-window rule above; it still learns.
+Nothing is reported during a service's warm-up (its first `warmup_s` of event time, and its first
+`warmup_windows` tumbling windows / `warmup_sessions` sessions) except the first-window rule above
+(a window made mostly of errors naming a failure); it still learns.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class DetectConfig(StageConfig):
     threshold: float = 0.6  # a window is flagged when its best confidence reaches this
     warmup_windows: int = 5  # tumbling windows per service before findings
     warmup_sessions: int = 50  # session windows per service before sequence findings
+    # and a service's first minutes of event time, however many windows or sessions they hold (a
+    # service of thousands of requests a minute passes 50 sessions in seconds, before it has shown its
+    # routine errors): only a window made mostly of failures is reported then
+    warmup_s: float = 300.0
     ewma_alpha: float = 0.1
     surprise_midpoint: float = 3.0  # -log10(p) giving confidence 0.5
     surprise_slope: float = 1.5
@@ -175,6 +180,8 @@ class DetectConfig(StageConfig):
                 "detect.known_family_factor", f"must be in [0, 1], got {self.known_family_factor!r}")
         require(isinstance(self.family_tokens, int) and self.family_tokens >= 0, "detect.family_tokens",
                 f"must be an integer >= 0, got {self.family_tokens!r}")
+        require(isinstance(self.warmup_s, (int, float)) and self.warmup_s >= 0, "detect.warmup_s",
+                f"must be a number of seconds >= 0, got {self.warmup_s!r}")
         require(isinstance(self.incident_grace_s, (int, float)) and self.incident_grace_s >= 0,
                 "detect.incident_grace_s", f"must be a number of seconds >= 0, got {self.incident_grace_s!r}")
         require(isinstance(self.collapse_period_s, (int, float)) and self.collapse_period_s >= 0,
@@ -303,6 +310,34 @@ def poisson_sf(k: int, lam: float) -> float:
     return max(0.0, 1.0 - cdf)
 
 
+def count_sf(k: int, mean: float, var: float) -> float:
+    """P(X >= k) for a count with this mean and variance: a negative binomial matched to both when the
+    counts are over-dispersed (bursty), Poisson otherwise."""
+    if k <= 0:
+        return 1.0
+    mean = max(mean, 1e-9)
+    if var <= mean * 1.0001:
+        return poisson_sf(k, mean)
+    r = mean * mean / (var - mean)
+    q = mean / (r + mean)
+    log_q, log_p = math.log(q), math.log1p(-q)
+
+    def log_pmf(x: int) -> float:
+        return math.lgamma(x + r) - math.lgamma(r) - math.lgamma(x + 1) + r * log_p + x * log_q
+
+    if k > mean:
+        total = 0.0
+        x = k
+        while x < k + 100_000:
+            term = math.exp(log_pmf(x))
+            total += term
+            if term < 1e-300 or (x > k + 10 and term < total * 1e-12):
+                break
+            x += 1
+        return min(1.0, total)
+    return max(0.0, 1.0 - sum(math.exp(log_pmf(x)) for x in range(k)))
+
+
 def normal_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
@@ -348,6 +383,7 @@ class _Baseline:
     """What tier 0 knows about one service."""
 
     def __init__(self) -> None:
+        self.first_ns = 0  # event time of the first window seen (the warm-up clock)
         self.windows = 0  # tumbling windows learned
         self.sessions = 0  # sessions learned
         self.templates: OrderedDict[int, int] = OrderedDict()  # template id -> lines (LRU)
@@ -380,6 +416,7 @@ class _Baseline:
         return {
             "windows": self.windows,
             "sessions": self.sessions,
+            "first_ns": self.first_ns,
             "templates": [[k, v] for k, v in self.templates.items()],
             "families": [[k, v] for k, v in self.families.items()],
             "error_share": self.error_share.to_list(),
@@ -397,6 +434,7 @@ class _Baseline:
     def from_json(cls, d: dict[str, Any]) -> _Baseline:
         b = cls()
         b.windows = int(d["windows"])
+        b.first_ns = int(d.get("first_ns", 0))
         b.sessions = int(d["sessions"])
         b.templates = OrderedDict((int(k), int(v)) for k, v in d["templates"])
         b.families = OrderedDict((str(k), int(v)) for k, v in d.get("families", []))
@@ -685,12 +723,24 @@ class Tier0Detector:
     def _score(self, b: _Baseline, w: Window) -> list[_Problem]:
         cfg = self.config
         problems: list[_Problem] = []
+        t_ns = w.start_ns or w.end_ns
+        if not b.first_ns or t_ns < b.first_ns:
+            b.first_ns = t_ns
+        if (w.end_ns or t_ns) - b.first_ns < cfg.warmup_s * 1e9:
+            # the service's output over a period says whether it is failing; one request or entity
+            # made of error lines is the routine failure the warm-up has to learn
+            first = self._first_window(b, w) if w.count and w.kind == "tumbling" else None
+            return [first] if first else []
         if w.kind == "session":
             if b.sessions >= cfg.warmup_sessions:
                 problems += self._novel(b, w)
-                for p in (self._invariants(b, w), self._sequence(b, w)):
-                    if p:
-                        problems.append(p)
+                if w.key_kind != "trace_id":
+                    # the order and counts of an entity's lifecycle (a block, a VM, a job) are judged
+                    # one entity at a time; a request path seen in 1 of 1,000 requests is not news in a
+                    # stream of thousands a minute (its errors are judged by rate, in tumbling windows)
+                    for p in (self._invariants(b, w), self._sequence(b, w)):
+                        if p:
+                            problems.append(p)
             return problems
         if b.windows < cfg.warmup_windows:
             if b.windows == 0 and w.count:
@@ -722,7 +772,10 @@ class Tier0Detector:
                 continue
             share = ewma.mean
             lam = max(w.count * share, 0.05 * cfg.min_errors)
-            pr = poisson_sf(count, lam)
+            # errors come in clusters (one failing request logs in every service it crosses) and their
+            # share drifts: the count's variance is the learned spread of the share (which holds the
+            # sampling noise too) scaled to this window, and never below Poisson
+            pr = count_sf(count, lam, max(lam, w.count * w.count * ewma.var))
             conf = self._surprise_conf(pr)
             note = ""
             if kind == "error" and events < count:
@@ -778,8 +831,10 @@ class Tier0Detector:
         # (only in the window directly after it: after a silence a new failure is news again)
         follow_on = self._follow_on(b, w) and w.start_ns == b.incident_end_ns
         rare: list[int] = []
-        if w.kind == "session" and cfg.rare_session_share > 0:
-            # a warn/error template seen in only a few earlier sessions is still news for a session
+        if w.kind == "session" and w.key_kind != "trace_id" and cfg.rare_session_share > 0:
+            # a warn/error template seen in only a few earlier sessions is still news for a session that
+            # names an entity (a block, a VM, a job: each matters on its own). Not for requests: any
+            # request stream fails at some steady rate, which the tumbling windows judge
             limit = cfg.rare_session_share * b.sessions
             rare = [t for t in w.template_counts if t >= 0 and 0 < seen.get(t, 0) < limit
                     and w.template_worst.get(t) in ("warn", "error", "fatal")]
