@@ -59,6 +59,9 @@ def _demo_config(llm: str, data_dir: str) -> Any:
         "api": {"endpoint": "127.0.0.1:0"},
         "export": {"endpoint": ""},
         "rca": {"check_interval_s": 0.5},
+        # the simulator's SDK exporters send in order from one process: a short lateness and one
+        # delivery in flight let log windows close while the demo runs
+        "logs": {"windows": {"allowed_lateness_s": 10.0, "max_in_flight": 1}},
     })
 
 
