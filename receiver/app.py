@@ -143,6 +143,8 @@ class App:
             list_incidents=self.incident_api.list_incidents,
             get_incident=self.incident_api.get_incident,
             add_resolution=self.incident_api.add_resolution,
+            known_bad=self.detector.known_bad,
+            mark_normal=self.detector.mark_normal,
         ), reg)
         self._ticker: asyncio.Task[None] | None = None
         self._llm_start: asyncio.Future[None] | None = None

@@ -50,6 +50,8 @@ class ApiSources:
     list_incidents: Callable[[str | None, int], list[dict[str, Any]]] | None = None
     get_incident: Callable[[str], dict[str, Any] | None] | None = None
     add_resolution: Callable[[str, str, str], dict[str, Any] | None] | None = None
+    known_bad: Callable[[str | None], list[dict[str, Any]]] | None = None
+    mark_normal: Callable[[str, int], bool] | None = None
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -96,6 +98,8 @@ class ApiServer:
             web.get("/api/v1/incidents", self.incidents),
             web.get("/api/v1/incidents/{id}", self.incident),
             web.post("/api/v1/incidents/{id}/resolution", self.resolution),
+            web.get("/api/v1/detect/known-bad", self.list_known_bad),
+            web.post("/api/v1/detect/normal", self.normal),
         ])
         return app
 
@@ -192,6 +196,32 @@ class ApiServer:
         if row is None:
             return _error(404, f"no incident {request.match_info['id']!r}")
         return web.json_response(row)
+
+    async def list_known_bad(self, request: web.Request) -> web.Response:
+        if self.sources.known_bad is None:
+            return _error(404, "the detector is not enabled")
+        limit = _int_param(request, "limit", 100) or 100
+        if limit < 1 or limit > self.config.max_findings_limit:
+            return _error(400, f"limit must be between 1 and {self.config.max_findings_limit}")
+        rows = await self._call(self.sources.known_bad, request.query.get("service") or None)
+        return web.json_response(rows[:limit])
+
+    async def normal(self, request: web.Request) -> web.Response:
+        """`{"service": NAME, "template_id": ID}`: the operator says a remembered failure is normal."""
+        if self.sources.mark_normal is None:
+            return _error(404, "the detector is not enabled")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body must be a JSON object {\"service\": ..., \"template_id\": ...}")
+        if not isinstance(body, dict) or not isinstance(body.get("service"), str) \
+                or not isinstance(body.get("template_id"), int) or isinstance(body.get("template_id"), bool):
+            return _error(400, "body must be a JSON object with a string 'service' and an integer "
+                          "'template_id'")
+        service, tid = body["service"][:1024], body["template_id"]
+        if not await self._call(self.sources.mark_normal, service, tid):
+            return _error(404, f"service {service!r} remembers no failure template {tid}")
+        return web.json_response({"service": service, "template_id": tid, "normal": True})
 
     async def resolution(self, request: web.Request) -> web.Response:
         if self.sources.add_resolution is None:

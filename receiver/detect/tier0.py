@@ -407,7 +407,10 @@ class _Baseline:
         self.pairs: dict[tuple[int, int], list[int]] = {}
         # known bad: failure templates first seen in a flagged window; never learned as seen, so their
         # recurrence is news again (LRU, capped like the templates)
-        self.known_bad: OrderedDict[int, int] = OrderedDict()
+        self.known_bad: OrderedDict[int, int] = OrderedDict()  # template -> flagged windows holding it
+        self.known_bad_text: dict[int, str] = {}  # its text, for the operator's list
+        # templates an operator marked normal: never known bad, never news for being rare (LRU, capped)
+        self.acknowledged: OrderedDict[int, None] = OrderedDict()
         # active invariants (rebuilt every 64 sessions): template -> partners
         self.eq_by: dict[int, list[tuple[int, float, int, int]]] = {}  # x -> [(y, rate, hold, n)]
         self.imp_by: dict[int, list[tuple[int, float, int, int]]] = {}  # a -> [(b, rate, hold, n)]
@@ -427,7 +430,8 @@ class _Baseline:
             "trans": [[list(ctx), [[n, c] for n, c in nxt.items()]] for ctx, nxt in self.trans.items()],
             "sess_df": [[k, v] for k, v in self.sess_df.items()],
             "pairs": [[x, y, n, h] for (x, y), (n, h) in self.pairs.items()],
-            "known_bad": [[k, v] for k, v in self.known_bad.items()],
+            "known_bad": [[k, v, self.known_bad_text.get(k, "")] for k, v in self.known_bad.items()],
+            "acknowledged": list(self.acknowledged),
         }
 
     @classmethod
@@ -450,7 +454,10 @@ class _Baseline:
             b.n_trans += len(b.trans[key])
         b.sess_df = {int(k): int(v) for k, v in d.get("sess_df", [])}
         b.pairs = {(int(x), int(y)): [int(n), int(h)] for x, y, n, h in d.get("pairs", [])}
-        b.known_bad = OrderedDict((int(k), int(v)) for k, v in d.get("known_bad", []))
+        for row in d.get("known_bad", []):
+            b.known_bad[int(row[0])] = int(row[1])
+            b.known_bad_text[int(row[0])] = str(row[2]) if len(row) > 2 else ""
+        b.acknowledged = OrderedDict((int(t), None) for t in d.get("acknowledged", []))
         return b
 
 
@@ -837,7 +844,7 @@ class Tier0Detector:
             # request stream fails at some steady rate, which the tumbling windows judge
             limit = cfg.rare_session_share * b.sessions
             rare = [t for t in w.template_counts if t >= 0 and 0 < seen.get(t, 0) < limit
-                    and w.template_worst.get(t) in ("warn", "error", "fatal")]
+                    and w.template_worst.get(t) in ("warn", "error", "fatal") and t not in b.acknowledged]
         for t in novel + rare:
             text = w.templates.get(t, "")
             sev = w.template_worst.get(t, "unknown")
@@ -1096,7 +1103,7 @@ class Tier0Detector:
         judged by its rate. Returns the templates not to learn."""
         bad: set[int] = set()
         for t in w.template_counts:
-            if t < 0 or (t in seen and t not in b.known_bad):
+            if t < 0 or (t in seen and t not in b.known_bad) or t in b.acknowledged:
                 continue
             worst = w.template_worst.get(t, "unknown")
             if worst in ("error", "fatal") or (
@@ -1104,8 +1111,10 @@ class Tier0Detector:
                 bad.add(t)
                 b.known_bad[t] = b.known_bad.get(t, 0) + 1
                 b.known_bad.move_to_end(t)
+                b.known_bad_text[t] = w.templates.get(t, "")[:512]
         while len(b.known_bad) > self.config.max_templates_per_service:
-            b.known_bad.popitem(last=False)
+            gone, _ = b.known_bad.popitem(last=False)
+            b.known_bad_text.pop(gone, None)
             self.m_evicted.labels("known_bad").inc()
         return bad
 
@@ -1196,7 +1205,7 @@ class Tier0Detector:
     def _account(self, service: str, b: _Baseline) -> None:
         """Keep the total size of all baselines under `max_entries_total` (LRU services dropped)."""
         size = (len(b.templates) + len(b.families) + len(b.hist) + len(b.sess_df) + b.n_trans + len(b.pairs)
-                + len(b.known_bad))
+                + len(b.known_bad) + len(b.acknowledged))
         self._entries += size - b.size
         b.size = size
         while self._entries > self.config.max_entries_total and len(self._baselines) > 1:
@@ -1274,6 +1283,32 @@ class Tier0Detector:
             return {"windows": b.windows, "sessions": b.sessions, "templates": len(b.templates),
                     "transitions": b.n_trans, "error_share": b.error_share.mean, "count": b.count.mean}
 
+    def known_bad(self, service: str | None = None) -> list[dict[str, Any]]:
+        """The failure templates remembered as known bad (newest first), per service."""
+        with self._lock:
+            return [{"service": name, "template_id": t, "template": b.known_bad_text.get(t, ""), "windows": n}
+                    for name, b in self._baselines.items() if service in (None, name)
+                    for t, n in reversed(b.known_bad.items())]
+
+    def mark_normal(self, service: str, template_id: int) -> bool:
+        """An operator says a remembered failure is normal: it leaves the known-bad memory, is learned
+        as seen and is never news for being rare, so its recurrence is judged by its rate only (the
+        shape of the session or window around it is still judged). Returns False when the service
+        holds no such template. Persisted with the baselines (`save`)."""
+        with self._lock:
+            b = self._baselines.get(service)
+            if b is None or template_id not in b.known_bad:
+                return False
+            del b.known_bad[template_id]
+            b.known_bad_text.pop(template_id, None)
+            b.acknowledged[template_id] = None
+            while len(b.acknowledged) > self.config.max_templates_per_service:
+                b.acknowledged.popitem(last=False)
+            b.templates[template_id] = b.templates.get(template_id, 0) + 1
+            b.sess_df[template_id] = b.sess_df.get(template_id, 0) + 1
+            self._account(service, b)
+            return True
+
     def save(self, path: str) -> None:
         """Write the baselines as JSON (atomic replace)."""
         with self._lock:
@@ -1306,7 +1341,7 @@ class Tier0Detector:
             for b in loaded.values():
                 self._rebuild_invariants(b)  # the active invariants are derived, not stored
                 b.size = (len(b.templates) + len(b.families) + len(b.hist) + len(b.sess_df) + b.n_trans
-                          + len(b.pairs) + len(b.known_bad))
+                          + len(b.pairs) + len(b.known_bad) + len(b.acknowledged))
                 self._entries += b.size
             self.m_services.set(len(loaded))
         return len(loaded)
