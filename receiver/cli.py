@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--session-regex", default=None,
                     help="session key regex for a raw log with anomaly_label.csv "
                     "(default: logs.windows.session_regex)")
+    ea.add_argument("--otlp", action="store_true",
+                    help="replay a raw log with anomaly_label.csv through the running product over OTLP")
     er = ev_sub.add_parser("rca", help="root-cause accuracy on recorded incidents (--data) or simulated "
                                        "faults (--sim)")
     src = er.add_mutually_exclusive_group(required=True)
@@ -131,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     from receiver.eval.anomaly import run as run_anomaly
 
                     return run_anomaly(args.data, args.json, window_s=args.window_s,
-                                       session_regex=args.session_regex)
+                                       session_regex=args.session_regex, otlp=args.otlp)
                 from receiver.llm.evalmode import run as run_cascade_eval
 
                 return run_cascade_eval(args.data[0], args.json, args.llm, window_s=args.window_s)

@@ -100,3 +100,18 @@ def test_llm_argument_resolution(capsys: pytest.CaptureFixture[str]) -> None:
 
     res = anomaly.evaluate(BGL, llm=Reviewer())
     assert res["llm"] == {"calls": 0} and res["tp"] >= 1
+
+
+def test_otlp_replay_through_the_product_matches_the_in_process_eval(tmp_path: Path) -> None:
+    # HDFS_5k.log with the block labels: the same lines sent to the running app over OTLP/HTTP give the
+    # same verdict per block as the evaluation's own windows and detector
+    src = DATA / "HDFS_100k"
+    (tmp_path / "HDFS_5k.log").symlink_to(src / "HDFS_5k.log")
+    (tmp_path / "anomaly_label.csv").symlink_to(src / "anomaly_label.csv")
+    inproc = anomaly.evaluate(tmp_path)
+    over = anomaly.evaluate_otlp(tmp_path)
+    assert inproc["items"] == over["items"] == 110 and over["lines"] == 4519
+    assert (over["tp"], over["fp"], over["fn"]) == (inproc["tp"], inproc["fp"], inproc["fn"])
+    assert over["tp"] > 0
+    with pytest.raises(ValueError, match="--otlp replays"):
+        anomaly.evaluate_otlp(BGL)

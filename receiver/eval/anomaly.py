@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from receiver.detect.tier0 import Assessment, DetectConfig, Tier0Detector
 from receiver.eval.anomaly_data import (
+    FormatError,
     Prepared,
     detect_format,
     parse_labelled_line,
@@ -153,6 +154,27 @@ def prepare(path: Path, window_s: float = 3600.0, session_regex: str | None = No
     return read_labelled_log(path, window_s)
 
 
+def evaluate_otlp(path: str | Path, session_regex: str | None = None) -> dict[str, Any]:
+    """A raw log with labels replayed through the running product over OTLP (`anomaly_otlp`); the
+    baselines are scored on the in-process windows of the same data."""
+    from receiver.eval.anomaly_otlp import replay
+
+    started = time.perf_counter()
+    p = Path(path)
+    if detect_format(p) != "raw-sessions":
+        raise FormatError(f"{p}: --otlp replays a directory with anomaly_label.csv and one *.log")
+    prep = prepare(p, session_regex=session_regex)
+    rep = replay(p, session_regex)
+    labels = {k: v for k, v in rep["labels"].items() if k in prep.labels}
+    res: dict[str, Any] = {"dataset": str(path), "mode": "raw-sessions", "via": "otlp"}
+    res |= _score(labels, rep["pred"])
+    res |= {"items": len(labels), "positives": sum(labels.values()), "windows": len(prep.windows),
+            "lines": rep["lines"], "unparsed_lines": rep["unparsed_lines"], "findings": rep["findings"],
+            "flagged_by_type": {}, "baselines": baselines(prep),
+            "seconds": round(time.perf_counter() - started, 3)}
+    return res
+
+
 def evaluate(path: str | Path, llm: Any = None, config: DetectConfig | None = None,
              window_s: float = 3600.0, session_regex: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
@@ -192,7 +214,8 @@ def _line(name: str, s: dict[str, Any]) -> str:
 
 
 def print_result(res: dict[str, Any]) -> None:
-    unit = {"sessions": "test sessions", "raw-sessions": "labelled ids"}.get(
+    unit = {"sessions": "test sessions", "raw-sessions": "labelled ids" + (
+        ", replayed over OTLP" if res.get("via") == "otlp" else "")}.get(
         res["mode"], f"windows of {res.get('window_s', 0):.0f} s")
     print(f"dataset   {res['dataset']}  ({res['items']} {unit}, {res['positives']} anomalous, "
           f"{res['lines']} lines)")
@@ -219,12 +242,13 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 
 def run(path: str | Sequence[str], as_json: bool, llm: Any = None, window_s: float = 3600.0,
-        session_regex: str | None = None) -> int:
+        session_regex: str | None = None, otlp: bool = False) -> int:
     paths = [path] if isinstance(path, str) else list(path)
     results: list[dict[str, Any]] = []
     try:
         for p in paths:
-            results.append(evaluate(p, llm, window_s=window_s, session_regex=session_regex))
+            results.append(evaluate_otlp(p, session_regex) if otlp else
+                           evaluate(p, llm, window_s=window_s, session_regex=session_regex))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -250,8 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--session-regex", default=None,
                     help="session key regex for a raw log with anomaly_label.csv (default: the product's "
                     "logs.windows.session_regex)")
+    ap.add_argument("--otlp", action="store_true",
+                    help="replay a raw log with anomaly_label.csv through the running product over OTLP")
     args = ap.parse_args(argv)
-    return run(args.data, args.json, window_s=args.window_s, session_regex=args.session_regex)
+    return run(args.data, args.json, window_s=args.window_s, session_regex=args.session_regex, otlp=args.otlp)
 
 
 if __name__ == "__main__":
