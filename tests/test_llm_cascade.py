@@ -149,12 +149,16 @@ def test_strong_tier0_evidence_survives_an_llm_normal_verdict() -> None:
     assert "finding stands" in f.body
 
 
-def test_weak_tier0_flag_is_suppressed_by_an_llm_normal_verdict() -> None:
+def test_weak_tier0_flag_stands_against_an_llm_normal_verdict() -> None:
+    # the model cannot take back a tier-0 finding (recall is never lowered): it stands, disputed
     with FakeLlmServer([("ok", NORMAL)]) as srv:
         reg = CollectorRegistry()
         _, sink = _run(openai_config(srv.url), [assessment(incident_window(), 0.65, True)], reg)
-    assert sink.findings == []
-    assert _value(reg, "llm_verdicts_total", {"tier": "tier1", "outcome": "suppressed"}) == 1
+    assert len(sink.findings) == 1
+    f = sink.findings[0]
+    assert f.attributes["llm.verdict"] == "normal" and f.attributes["llm.overruled"] is True
+    assert f.attributes[A_DETECTOR] == "tier0"
+    assert _value(reg, "llm_verdicts_total", {"tier": "tier1", "outcome": "normal_disputed"}) == 1
 
 
 def test_llm_only_anomaly_needs_corroborating_evidence() -> None:

@@ -11,10 +11,10 @@
 worker thread; when the queue is full the tier-0 finding is forwarded as is and the skip is counted.
 
 The verdict is not the model's alone (log text can try to steer it):
-  * tier 0 flagged with a score >= `strong_evidence_score` and the LLM says "normal": the finding
-    stands (detector stays tier 0's), its confidence is lowered, `llm.verdict=normal` and
-    `llm.overruled=true` are recorded;
-  * tier 0 flagged weakly and the LLM says "normal": the finding is suppressed (counted);
+  * tier 0 flagged and the LLM says "normal": the finding stands (detector stays tier 0's), its
+    confidence is lowered, `llm.verdict=normal` and `llm.overruled=true` are recorded (the model
+    never takes back what tier 0 found, so it cannot lower recall; counted as `normal_overruled`
+    above `strong_evidence_score`, `normal_disputed` below);
   * tier 0 not flagged and the LLM says "anomaly": emitted only when tier 0 saw some signal (score >=
     `borderline_score`), the window has code-counted evidence (error lines or new templates) and the
     LLM's confidence >= `llm_only_min_confidence`. Sampled windows without any tier-0 signal are
@@ -536,19 +536,18 @@ class LlmAnalyst:
         if not a.flagged:
             self.metrics.verdicts.labels(tier, "normal_agreed").inc()
             return []
-        if a.score >= c.strong_evidence_score:
-            self.metrics.verdicts.labels(tier, "normal_overruled").inc()
-            attrs = dict(t0.attributes) if t0 is not None else self._base_attrs(a)
-            attrs[A_CONFIDENCE] = round(max(0.05, t0_conf * (1.0 - 0.5 * llm_conf)), 4)
-            attrs.update(attrs_llm)
-            attrs["llm.overruled"] = True
-            body = ((t0.body + "\n") if t0 is not None and t0.body else "") + (
-                f"The {tier} LLM judged this window normal (confidence {llm_conf:.2f}), but the statistical "
-                "evidence is strong, so the finding stands with lowered confidence.")
-            return [_finding_like(t0, attrs, body)]
-        self.metrics.verdicts.labels(tier, "suppressed").inc()
-        out.extra["dropped"] = "suppressed"
-        return []
+        # the model cannot take back what tier 0 found (log text can steer it, and a dismissed true
+        # anomaly is recall lost): the finding stands, with the model's verdict and lower confidence
+        strong = a.score >= c.strong_evidence_score
+        self.metrics.verdicts.labels(tier, "normal_overruled" if strong else "normal_disputed").inc()
+        attrs = dict(t0.attributes) if t0 is not None else self._base_attrs(a)
+        attrs[A_CONFIDENCE] = round(max(0.05, t0_conf * (1.0 - 0.5 * llm_conf)), 4)
+        attrs.update(attrs_llm)
+        attrs["llm.overruled"] = True
+        body = ((t0.body + "\n") if t0 is not None and t0.body else "") + (
+            f"The {tier} LLM judged this window normal (confidence {llm_conf:.2f}); the finding stands "
+            "with lowered confidence" + (", the statistical evidence being strong." if strong else "."))
+        return [_finding_like(t0, attrs, body)]
 
     def _base_attrs(self, a: _AssessmentLike) -> dict[str, Any]:
         w = a.window
