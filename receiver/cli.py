@@ -57,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--window-s", type=float, default=3600.0,
                     help="window size in seconds for a labelled raw log (default 3600)")
     ea.add_argument("--session-regex", default=None,
-                    help="session key regex for a raw log with anomaly_label.csv "
-                    "(default: logs.windows.session_regex)")
+                    help="for a raw log with anomaly_label.csv: the regex of the labelled id in its lines")
     ea.add_argument("--otlp", action="store_true",
                     help="replay a raw log with anomaly_label.csv through the running product over OTLP")
     er = ev_sub.add_parser("rca", help="root-cause accuracy on recorded incidents (--data) or simulated "

@@ -48,8 +48,13 @@ def test_bgl_windows_no_labels_for_learning() -> None:
     _above_baselines(res)
 
 
+BLOCK_ID = r"blk_-?\d+"  # the labelled id in HDFS lines
+
+
 def test_raw_log_with_label_csv_as_entity_sessions() -> None:
-    res = anomaly.evaluate(LOGLEAD)
+    with pytest.raises(ValueError, match="--session-regex"):
+        anomaly.evaluate(LOGLEAD)  # the id to group by is the user's to name
+    res = anomaly.evaluate(LOGLEAD, session_regex=BLOCK_ID)
     assert res["mode"] == "raw-sessions"
     assert res["items"] == 11501 and res["positives"] == 350 and res["lines"] == 222579
     assert res["unparsed_lines"] == 0 and res["labelled_ids_not_in_log"] == 0
@@ -108,10 +113,10 @@ def test_otlp_replay_through_the_product_matches_the_in_process_eval(tmp_path: P
     src = DATA / "HDFS_100k"
     (tmp_path / "HDFS_5k.log").symlink_to(src / "HDFS_5k.log")
     (tmp_path / "anomaly_label.csv").symlink_to(src / "anomaly_label.csv")
-    inproc = anomaly.evaluate(tmp_path)
-    over = anomaly.evaluate_otlp(tmp_path)
+    inproc = anomaly.evaluate(tmp_path, session_regex=BLOCK_ID)
+    over = anomaly.evaluate_otlp(tmp_path, session_regex=BLOCK_ID)
     assert inproc["items"] == over["items"] == 110 and over["lines"] == 4519
     assert (over["tp"], over["fp"], over["fn"]) == (inproc["tp"], inproc["fp"], inproc["fn"])
     assert over["tp"] > 0
     with pytest.raises(ValueError, match="--otlp replays"):
-        anomaly.evaluate_otlp(BGL)
+        anomaly.evaluate_otlp(BGL, session_regex=BLOCK_ID)

@@ -69,6 +69,15 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from receiver.component import StageConfig, positive, require
+from receiver.detect.baseline import END, START, Baseline
+from receiver.detect.stats import (
+    confidence_from_surprise,
+    count_sf,
+    js_divergence,
+    normal_sf,
+    poisson_sf,
+)
+from receiver.detect.text import DEFAULT_ERROR_WORDS, is_field_line, template_family
 from receiver.logs.windows import Window
 from receiver.model import (
     A_CONFIDENCE,
@@ -85,15 +94,8 @@ from receiver.model import (
 )
 
 STATE_VERSION = 1
-START = -2  # session start marker in transition statistics
-END = -3  # session end marker
 
 TYPES = ("novel_template", "error_burst", "distribution_shift", "silence", "sequence")
-DEFAULT_ERROR_WORDS = [
-    "error", "exception", "fail", "failed", "failure", "fatal", "refused", "timeout", "timed out", "killed",
-    "panic", "abort", "denied", "unreachable", "crash", "corrupt", "interrupt", "oom", "out of memory",
-    "cannot", "can not", "unable", "invalid", "lost", "severe",
-]
 _SEV_PRIOR = {"fatal": 0.9, "error": 0.8, "warn": 0.6}
 _TEXT_CACHE_MAX = 8192  # template texts whose error words / field-line shape are cached
 _MAX_INCIDENT_TEMPLATES = 64
@@ -233,234 +235,6 @@ class Tier0Only:
         return None
 
 
-_WILD = re.compile(r"<\*>|<[A-Z_]+>")
-
-
-def template_family(template: str, n: int) -> str:
-    """The first `n` constant tokens of a template (tokens holding a parameter are skipped): two
-    templates that a parser split on a trailing detail (`... from file <*>: Permission denied` vs
-    `... : Bad file descriptor`) share a family."""
-    if n <= 0:
-        return ""
-    out: list[str] = []
-    for tok in template.split():
-        if "<" in tok and _WILD.search(tok):
-            continue
-        out.append(tok)
-        if len(out) >= n:
-            break
-    return " ".join(out)
-
-
-# `name.........<*>` (a dump row: a label padded with dots to a value)
-_PADDED_FIELD = re.compile(r".*[^.\s]\s?\.{2,}\s*(?:<\*>|<[A-Z_]+>|0x[0-9a-fA-F]+|\d+)")
-_LABEL_VALUE = re.compile(r"[A-Za-z][\w ()/,.'+-]{0,60}?\s?[:=]\s*(?:<\*>|<[A-Z_]+>)")  # `name: <*>`
-_PAIRS = re.compile(r"(?:[\w.-]+[:=](?:<\*>|<[A-Z_]+>)\s*){2,}")  # `lr:<*> cr:<*> xer:<*>`
-_HEADER = re.compile(r"[A-Za-z][\w ()/,.'-]{0,60}:")  # `special purpose registers:`
-
-
-def is_field_line(template: str, error_words: Sequence[str] = ()) -> bool:
-    """True for a template that prints dumped state, not an event: a padded table row
-    (`program interrupt: imprecise exception......<*>`: the words name a flag, not a failure),
-    key:value pairs only (`lr:<*> cr:<*>`), or, when it names no failure, one labelled value
-    (`instruction address: <*>`) or a section header (`special purpose registers:`).
-    `Connection failed: <*>` or `error=<*>` name a failure and stay events."""
-    t = template.strip()
-    if not t or len(t) > 200:  # dump rows are short; long lines are statements
-        return False
-    if _PADDED_FIELD.fullmatch(t) or _PAIRS.fullmatch(t):
-        return True
-    if error_words:
-        return False
-    return bool(_LABEL_VALUE.fullmatch(t) or _HEADER.fullmatch(t))
-
-
-def confidence_from_surprise(surprise: float, midpoint: float, slope: float) -> float:
-    x = slope * (surprise - midpoint)
-    if x > 50:
-        return 1.0
-    if x < -50:
-        return 0.0
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def poisson_sf(k: int, lam: float) -> float:
-    """P(X >= k) for X ~ Poisson(lam), computed in log space."""
-    if k <= 0:
-        return 1.0
-    lam = max(lam, 1e-9)
-    # P(X >= k) = 1 - sum_{i<k} e^-lam lam^i / i!
-    if k > lam:  # upper tail: sum terms from k upward (few needed)
-        log_term = -lam + k * math.log(lam) - math.lgamma(k + 1)
-        total = 0.0
-        i = k
-        term = math.exp(log_term)
-        while term > 1e-300 and i < k + 1000:
-            total += term
-            i += 1
-            term *= lam / i
-            if term < total * 1e-12:
-                break
-        return min(1.0, total)
-    cdf = 0.0
-    term = math.exp(-lam)
-    for i in range(k):
-        cdf += term
-        term *= lam / (i + 1)
-    return max(0.0, 1.0 - cdf)
-
-
-def count_sf(k: int, mean: float, var: float) -> float:
-    """P(X >= k) for a count with this mean and variance: a negative binomial matched to both when the
-    counts are over-dispersed (bursty), Poisson otherwise."""
-    if k <= 0:
-        return 1.0
-    mean = max(mean, 1e-9)
-    if var <= mean * 1.0001:
-        return poisson_sf(k, mean)
-    r = mean * mean / (var - mean)
-    q = mean / (r + mean)
-    log_q, log_p = math.log(q), math.log1p(-q)
-
-    def log_pmf(x: int) -> float:
-        return math.lgamma(x + r) - math.lgamma(r) - math.lgamma(x + 1) + r * log_p + x * log_q
-
-    if k > mean:
-        total = 0.0
-        x = k
-        while x < k + 100_000:
-            term = math.exp(log_pmf(x))
-            total += term
-            if term < 1e-300 or (x > k + 10 and term < total * 1e-12):
-                break
-            x += 1
-        return min(1.0, total)
-    return max(0.0, 1.0 - sum(math.exp(log_pmf(x)) for x in range(k)))
-
-
-def normal_sf(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
-
-
-def js_divergence(p: dict[int, float], q: dict[int, float]) -> float:
-    """Jensen-Shannon divergence (bits) of two normalised histograms."""
-    js = 0.0
-    for k in set(p) | set(q):
-        a = p.get(k, 0.0)
-        b = q.get(k, 0.0)
-        m = 0.5 * (a + b)
-        if a > 0:
-            js += 0.5 * a * math.log2(a / m)
-        if b > 0:
-            js += 0.5 * b * math.log2(b / m)
-    return max(0.0, js)
-
-
-class _Ewma:
-    __slots__ = ("mean", "var", "n")
-
-    def __init__(self, mean: float = 0.0, var: float = 0.0, n: int = 0) -> None:
-        self.mean = mean
-        self.var = var
-        self.n = n
-
-    def update(self, x: float, alpha: float) -> None:
-        if self.n == 0:
-            self.mean = x
-            self.var = 0.0
-        else:
-            a = max(alpha, 1.0 / (self.n + 1))  # plain average while young, EWMA afterwards
-            d = x - self.mean
-            self.mean += a * d
-            self.var = (1 - a) * (self.var + a * d * d)
-        self.n += 1
-
-    def to_list(self) -> list[float]:
-        return [self.mean, self.var, self.n]
-
-
-class _Baseline:
-    """What tier 0 knows about one service."""
-
-    def __init__(self) -> None:
-        self.first_ns = 0  # event time of the first window seen (the warm-up clock)
-        self.windows = 0  # tumbling windows learned
-        self.sessions = 0  # sessions learned
-        self.templates: OrderedDict[int, int] = OrderedDict()  # template id -> lines (LRU)
-        self.families: OrderedDict[str, int] = OrderedDict()  # template family -> templates seen (LRU)
-        self.error_share = _Ewma()
-        self.warn_share = _Ewma()
-        self.count = _Ewma()  # lines per tumbling window
-        self.js = _Ewma()
-        self.hist: dict[int, float] = {}  # EWMA template distribution
-        self.trans: dict[tuple[int, ...], dict[int, int]] = {}  # context -> next -> count
-        self.ctx_total: dict[tuple[int, ...], int] = {}
-        self.n_trans = 0
-        self.silent = False  # a silence was reported and no line has arrived since (not persisted)
-        self.incident_end_ns = 0  # end of the last tumbling window, if it was flagged (not persisted)
-        # the open incident's own failures: templates first seen in it that name a failure -> prior
-        self.incident_templates: dict[int, float] = {}
-        self.incident_windows = 0  # windows the open incident has lasted
-        self.size = 0  # entries accounted in the detector's total
-        self.sess_df: dict[int, int] = {}  # template -> sessions containing it (count invariants)
-        # (x, y), x < y -> [sessions with both, sessions with both and count(x) == count(y)]
-        self.pairs: dict[tuple[int, int], list[int]] = {}
-        # known bad: failure templates first seen in a flagged window; never learned as seen, so their
-        # recurrence is news again (LRU, capped like the templates)
-        self.known_bad: OrderedDict[int, int] = OrderedDict()  # template -> flagged windows holding it
-        self.known_bad_text: dict[int, str] = {}  # its text, for the operator's list
-        # templates an operator marked normal: never known bad, never news for being rare (LRU, capped)
-        self.acknowledged: OrderedDict[int, None] = OrderedDict()
-        # active invariants (rebuilt every 64 sessions): template -> partners
-        self.eq_by: dict[int, list[tuple[int, float, int, int]]] = {}  # x -> [(y, rate, hold, n)]
-        self.imp_by: dict[int, list[tuple[int, float, int, int]]] = {}  # a -> [(b, rate, hold, n)]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "windows": self.windows,
-            "sessions": self.sessions,
-            "first_ns": self.first_ns,
-            "templates": [[k, v] for k, v in self.templates.items()],
-            "families": [[k, v] for k, v in self.families.items()],
-            "error_share": self.error_share.to_list(),
-            "warn_share": self.warn_share.to_list(),
-            "count": self.count.to_list(),
-            "js": self.js.to_list(),
-            "hist": [[k, v] for k, v in self.hist.items()],
-            "trans": [[list(ctx), [[n, c] for n, c in nxt.items()]] for ctx, nxt in self.trans.items()],
-            "sess_df": [[k, v] for k, v in self.sess_df.items()],
-            "pairs": [[x, y, n, h] for (x, y), (n, h) in self.pairs.items()],
-            "known_bad": [[k, v, self.known_bad_text.get(k, "")] for k, v in self.known_bad.items()],
-            "acknowledged": list(self.acknowledged),
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> _Baseline:
-        b = cls()
-        b.windows = int(d["windows"])
-        b.first_ns = int(d.get("first_ns", 0))
-        b.sessions = int(d["sessions"])
-        b.templates = OrderedDict((int(k), int(v)) for k, v in d["templates"])
-        b.families = OrderedDict((str(k), int(v)) for k, v in d.get("families", []))
-        b.error_share = _Ewma(*d["error_share"][:2], int(d["error_share"][2]))
-        b.warn_share = _Ewma(*d["warn_share"][:2], int(d["warn_share"][2]))
-        b.count = _Ewma(*d["count"][:2], int(d["count"][2]))
-        b.js = _Ewma(*d["js"][:2], int(d["js"][2]))
-        b.hist = {int(k): float(v) for k, v in d["hist"]}
-        for ctx, nxt in d["trans"]:
-            key = tuple(int(x) for x in ctx)
-            b.trans[key] = {int(n): int(c) for n, c in nxt}
-            b.ctx_total[key] = sum(b.trans[key].values())
-            b.n_trans += len(b.trans[key])
-        b.sess_df = {int(k): int(v) for k, v in d.get("sess_df", [])}
-        b.pairs = {(int(x), int(y)): [int(n), int(h)] for x, y, n, h in d.get("pairs", [])}
-        for row in d.get("known_bad", []):
-            b.known_bad[int(row[0])] = int(row[1])
-            b.known_bad_text[int(row[0])] = str(row[2]) if len(row) > 2 else ""
-        b.acknowledged = OrderedDict((int(t), None) for t in d.get("acknowledged", []))
-        return b
-
-
 @dataclass
 class _Problem:
     type: str
@@ -520,7 +294,7 @@ class Tier0Detector:
         self.config.validate()
         self._next = next
         self._lock = threading.Lock()
-        self._baselines: OrderedDict[str, _Baseline] = OrderedDict()
+        self._baselines: OrderedDict[str, Baseline] = OrderedDict()
         self._entries = 0
         words = sorted({w.lower() for w in self.config.error_words if w}, key=len, reverse=True)
         self._error_re = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")", re.IGNORECASE) \
@@ -727,7 +501,7 @@ class Tier0Detector:
                 n += c
         return n
 
-    def _score(self, b: _Baseline, w: Window) -> list[_Problem]:
+    def _score(self, b: Baseline, w: Window) -> list[_Problem]:
         cfg = self.config
         problems: list[_Problem] = []
         t_ns = w.start_ns or w.end_ns
@@ -826,7 +600,7 @@ class Tier0Detector:
                         gained))
         return problems
 
-    def _novel(self, b: _Baseline, w: Window) -> list[_Problem]:
+    def _novel(self, b: Baseline, w: Window) -> list[_Problem]:
         cfg = self.config
         best: _Problem | None = None
         # sessions and tumbling windows keep separate memories: a template first seen in a tumbling
@@ -886,7 +660,7 @@ class Tier0Detector:
             return min(prior, self.config.severity_only_cap)
         return min(0.97, prior + self.config.error_word_bonus) if words else prior
 
-    def _recurring(self, b: _Baseline, w: Window) -> _Problem | None:
+    def _recurring(self, b: Baseline, w: Window) -> _Problem | None:
         """The open incident's own failure recurs in the window right after it: a template first
         seen in the incident is still news against the history before it, so it keeps its novelty
         prior (the failure has not stopped), for at most `incident_max_windows` windows."""
@@ -905,7 +679,7 @@ class Tier0Detector:
             f"seen in it recur; strongest: \"{w.templates.get(t, '')[:200]}\" (worst severity {sev})",
             [x for _, x in sorted(hits, reverse=True)])
 
-    def _elevated(self, b: _Baseline, w: Window, floor: bool = True) -> bool:
+    def _elevated(self, b: Baseline, w: Window, floor: bool = True) -> bool:
         """More error lines than the baseline share explains at the 5 % level (too few may flag).
         `floor`: the expected count is at least 0.05 * min_errors (as for bursts), so one stray
         error in a clean service is not enough."""
@@ -914,7 +688,7 @@ class Tier0Detector:
         lam = max(w.count * b.error_share.mean, 0.05 * self.config.min_errors if floor else 1e-6)
         return poisson_sf(w.error_count, lam) <= 0.05
 
-    def _track_incident(self, b: _Baseline, w: Window, flagged: bool) -> None:
+    def _track_incident(self, b: Baseline, w: Window, flagged: bool) -> None:
         """Open, extend or close the service's incident (before the window's templates are learned).
         An incident stays open through a window that directly follows it with still elevated
         errors, even when too few to flag: such a window is not learned either."""
@@ -942,7 +716,7 @@ class Tier0Detector:
                     continue
                 b.incident_templates[t] = self._novel_prior(w, t)
 
-    def _follow_on(self, b: _Baseline, w: Window) -> bool:
+    def _follow_on(self, b: Baseline, w: Window) -> bool:
         """An open incident: the last window of this service with lines was flagged (or continued
         the incident) and this window starts within `incident_grace_s` of its end. Silence is not
         recovery: empty windows in between neither extend nor end the incident."""
@@ -950,7 +724,7 @@ class Tier0Detector:
             return False
         return 0 <= w.start_ns - b.incident_end_ns <= self.config.incident_grace_s * 1e9
 
-    def _first_window(self, b: _Baseline, w: Window) -> _Problem | None:
+    def _first_window(self, b: Baseline, w: Window) -> _Problem | None:
         """The first window of a service never seen before has no baseline, so only what it says
         counts: when at least half of its lines are error/fatal lines naming a failure, the service
         introduced itself with failures (a crash loop after a deploy, a job that cannot start) and
@@ -967,7 +741,7 @@ class Tier0Detector:
                          f"are errors naming a failure; " + p.explanation)
         return p
 
-    def _invariants(self, b: _Baseline, w: Window) -> _Problem | None:
+    def _invariants(self, b: Baseline, w: Window) -> _Problem | None:
         """Count invariants of sessions (Invariants-Mining spirit, learned online): pairs of frequent
         templates whose counts are equal in >= inv_min_hold of the sessions showing either, and
         templates that (almost) always come with another one. Confidence = the share of past
@@ -992,7 +766,7 @@ class Tier0Detector:
                         f"session {w.key} ({w.count} lines) breaks a count invariant: {why}"
                         + (f" [{names}]" if names else ""), tids, signature=(-10, *tids))
 
-    def _seq_prob(self, b: _Baseline, ctx2: tuple[int, ...], ctx1: tuple[int, ...], nxt: int) -> float | None:
+    def _seq_prob(self, b: Baseline, ctx2: tuple[int, ...], ctx1: tuple[int, ...], nxt: int) -> float | None:
         cfg = self.config
         for ctx in (ctx2, ctx1):
             total = b.ctx_total.get(ctx, 0)
@@ -1002,7 +776,7 @@ class Tier0Detector:
                 return (nexts.get(nxt, 0) + cfg.seq_smoothing) / (total + cfg.seq_smoothing * k)
         return None
 
-    def _sequence(self, b: _Baseline, w: Window) -> _Problem | None:
+    def _sequence(self, b: Baseline, w: Window) -> _Problem | None:
         seq = [START, *w.template_sequence, END]
         worst_p = 1.0
         worst_at = -1
@@ -1036,7 +810,7 @@ class Tier0Detector:
             [nxt] if nxt >= 0 else ([prev] if prev >= 0 else []), signature=(prev, nxt))
 
     # ------------------------------------------------------------------ learning
-    def _learn(self, b: _Baseline, w: Window, flagged: bool) -> None:
+    def _learn(self, b: Baseline, w: Window, flagged: bool) -> None:
         cfg = self.config
         a = cfg.ewma_alpha
         seen = b.sess_df if w.kind == "session" else b.templates
@@ -1095,7 +869,7 @@ class Tier0Detector:
             else:
                 b.hist = cur
 
-    def _remember_bad(self, b: _Baseline, w: Window, seen: dict[int, int]) -> set[int]:
+    def _remember_bad(self, b: Baseline, w: Window, seen: dict[int, int]) -> set[int]:
         """A flagged window's new templates that report a failure (logged at ERROR or FATAL, or naming a
         failure when the line has no level) are remembered as known bad instead of learned: a failure
         does not become normal because it repeats, its next occurrence is news again (repeats of one
@@ -1118,7 +892,7 @@ class Tier0Detector:
             self.m_evicted.labels("known_bad").inc()
         return bad
 
-    def _learn_invariants(self, b: _Baseline, w: Window, bad: set[int] | None = None) -> None:
+    def _learn_invariants(self, b: Baseline, w: Window, bad: set[int] | None = None) -> None:
         cfg = self.config
         if not cfg.inv_templates:
             return
@@ -1158,7 +932,7 @@ class Tier0Detector:
         if young or b.sessions % 64 == 0:
             self._rebuild_invariants(b)
 
-    def _rebuild_invariants(self, b: _Baseline) -> None:
+    def _rebuild_invariants(self, b: Baseline) -> None:
         """Turn pair counts into the active invariants:
         equal counts: sessions with both and equal / sessions with either (= df(x) + df(y) - both);
         x implies y: sessions with both / df(x)."""
@@ -1179,7 +953,7 @@ class Tier0Detector:
         b.eq_by, b.imp_by = eq_by, imp_by
 
     @staticmethod
-    def _count(b: _Baseline, ctx: tuple[int, ...], nxt: int) -> None:
+    def _count(b: Baseline, ctx: tuple[int, ...], nxt: int) -> None:
         nexts = b.trans.get(ctx)
         if nexts is None:
             nexts = b.trans[ctx] = {}
@@ -1189,7 +963,7 @@ class Tier0Detector:
         nexts[nxt] += 1
         b.ctx_total[ctx] = b.ctx_total.get(ctx, 0) + 1
 
-    def _prune(self, b: _Baseline) -> None:
+    def _prune(self, b: Baseline) -> None:
         """Transition cap hit: drop the rarest half of the (context, next) pairs."""
         pairs = sorted((c, ctx, n) for ctx, nexts in b.trans.items() for n, c in nexts.items())
         drop = pairs[: len(pairs) // 2]
@@ -1202,7 +976,7 @@ class Tier0Detector:
         b.n_trans -= len(drop)
         self.m_evicted.labels("transitions").inc(len(drop))
 
-    def _account(self, service: str, b: _Baseline) -> None:
+    def _account(self, service: str, b: Baseline) -> None:
         """Keep the total size of all baselines under `max_entries_total` (LRU services dropped)."""
         size = (len(b.templates) + len(b.families) + len(b.hist) + len(b.sess_df) + b.n_trans + len(b.pairs)
                 + len(b.known_bad) + len(b.acknowledged))
@@ -1225,13 +999,13 @@ class Tier0Detector:
         with self._lock:
             return self._entries
 
-    def _baseline(self, service: str) -> _Baseline:
+    def _baseline(self, service: str) -> Baseline:
         b = self._baselines.get(service)
         if b is None:
             if len(self._baselines) >= self.config.max_services:
                 self._drop(next(iter(self._baselines)))
                 self.m_evicted.labels("services").inc()
-            b = self._baselines[service] = _Baseline()
+            b = self._baselines[service] = Baseline()
             self.m_services.set(len(self._baselines))
         else:
             self._baselines.move_to_end(service)
@@ -1332,9 +1106,9 @@ class Tier0Detector:
             data = json.load(f)
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"{path}: unsupported tier0 state version {data.get('version')!r}")
-        loaded: OrderedDict[str, _Baseline] = OrderedDict()
+        loaded: OrderedDict[str, Baseline] = OrderedDict()
         for name, bj in data["services"][-self.config.max_services:]:
-            loaded[str(name)] = _Baseline.from_json(bj)
+            loaded[str(name)] = Baseline.from_json(bj)
         with self._lock:
             self._baselines = loaded
             self._entries = 0

@@ -272,8 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object per input")
     ap.add_argument("--window-s", type=float, default=3600.0, help="window size for labelled raw logs")
     ap.add_argument("--session-regex", default=None,
-                    help="session key regex for a raw log with anomaly_label.csv (default: the product's "
-                    "logs.windows.session_regex)")
+                    help="for a raw log with anomaly_label.csv: the regex of the labelled id in its lines")
     ap.add_argument("--otlp", action="store_true",
                     help="replay a raw log with anomaly_label.csv through the running product over OTLP")
     args = ap.parse_args(argv)

@@ -238,11 +238,13 @@ def read_raw_sessions(path: Path, session_regex: str | None = None) -> Prepared:
     labels = read_label_csv(path / "anomaly_label.csv")
     # an entity (a block, a VM, a job) lives far longer than a request: its session closes after an
     # hour without lines (not the 30 s gap meant for trace ids), and the caps hold every open entity
-    cfg = WindowsConfig(tumbling=False, session_key="regex", allowed_lateness_s=0.0,
+    cfg = WindowsConfig(tumbling=False, session_key="off", allowed_lateness_s=0.0,
                         session_gap_s=ENTITY_GAP_S, session_max_s=7 * 86400.0,
                         max_sessions_per_service=100_000, max_sessions_total=100_000)
-    if session_regex:
-        cfg.session_regex = session_regex
+    if not session_regex:
+        raise FormatError(f"{path}: a raw log with anomaly_label.csv needs --session-regex, the regex of "
+                          f"the labelled id in its lines")
+    cfg.session_key, cfg.session_regex = "regex", session_regex
     key_re = re.compile(cfg.session_regex)
     miner, wm = _miner_and_windows(cfg)
     closed: list[Window] = []

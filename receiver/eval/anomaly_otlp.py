@@ -68,13 +68,14 @@ def replay(path: Path, session_regex: str | None = None) -> dict[str, Any]:
     logs = sorted(path.glob("*.log"))
     if len(logs) != 1 or not (path / "anomaly_label.csv").is_file():
         raise FormatError(f"{path}: --otlp replays a directory with anomaly_label.csv and one *.log")
+    if not session_regex:
+        raise FormatError(f"{path}: --otlp needs --session-regex, the regex of the labelled id in the lines")
     labels = read_label_csv(path / "anomaly_label.csv")
     bodies, lines, bad = _requests(logs[0])
     windows: dict[str, Any] = {"session_key": "regex", "session_gap_s": ENTITY_GAP_S,
                                "session_max_s": 7 * 86400.0, "max_sessions_per_service": 100_000,
-                               "max_sessions_total": 100_000, "max_in_flight": 1}
-    if session_regex:
-        windows["session_regex"] = session_regex
+                               "max_sessions_total": 100_000, "max_in_flight": 1,
+                               "session_regex": session_regex}
     with tempfile.TemporaryDirectory(prefix="lla-eval-") as tmp:
         app = build_app(load_config(overrides={
             "server": {"llm": "off", "data_dir": tmp},

@@ -1,7 +1,7 @@
 """Variable masking for log template mining.
 
 A line is split on whitespace; in each token, variable-looking spans (URLs, UUIDs, IPs with ports,
-MACs, hex, block ids, paths, host names, package/Class names, times, numbers, ids with digits) become
+MACs, hex, paths, host names, package/Class names, times, numbers, ids with digits) become
 `<*>`. Dates written with month names, and sizes / durations with their unit ("1190 bytes (1.16 KB)",
 "<1 sec", "Fri Jun 17 07:07:00 2005") span tokens: they are masked on the whole line first, and only
 for lines holding a month or unit word.
@@ -59,7 +59,6 @@ _DEFAULT_PATTERNS: list[tuple[str, str]] = [
     ),
     ("ipv4", r"(?<![\w.])/?\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?(?![\w.])"),
     ("mac", r"\b[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}\b"),
-    ("block", r"\bblk_-?\d+\b"),
     ("hex", r"\b0[xX][0-9a-fA-F]+\b"),
     # a path, with its query string if any (`/v1/servers/detail?limit=10&marker=x`: one value)
     ("path", r"(?<![\w.])(?:[A-Za-z]:)?[\w.\-{}$~]*(?:[\\/][\w.\-$~@+%{}*?=&]+){2,}[\\/]?"),
@@ -68,8 +67,8 @@ _DEFAULT_PATTERNS: list[tuple[str, str]] = [
     ("host", rf"\b(?:[A-Za-z0-9\-]+\.)+{_TLD}(?::\d+)?\b"),
     ("dotted", r"\b(?=[\w.\-]*\d)(?:[A-Za-z0-9\-]+\.){2,}[A-Za-z0-9\-]+(?::\d+)?\b"),
     ("time", r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"),
-    # a name with a numeric suffix is one id: core.2275, broadcast_9, worker_12
-    ("name_num", r"(?<![\w.\-])[A-Za-z]+[._]\d+(?![\w.])"),
+    # a name with a numeric suffix is one id: core.2275, broadcast_9, worker_12, item_-42
+    ("name_num", r"(?<![\w.\-])[A-Za-z]+[._]-?\d+(?![\w.])"),
     ("number", r"(?<![\w.\-])-?\d+(?:[.,:]\d+)*(?![\w])"),
     ("word_digit", r"(?<![\w\-])(?:\d[\w\-]*|(?=[\w\-]*\d[\w\-]*\d)[\w\-]+)"),
     ("longhex", r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b"),
@@ -83,7 +82,6 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "isodate": ("digit",),
     "ipv4": ("digit", "dot"),
     "mac": ("colon",),
-    "block": ("digit",),
     "hex": ("digit",),
     "path": ("slash",),
     "component": ("dot", "slash"),

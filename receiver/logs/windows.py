@@ -2,7 +2,8 @@
 
 Tumbling windows (default 60 s, `tumbling_s`) are aligned to the epoch in EVENT time (the record's
 timestamp); session windows group the events of one key: the trace id (`session_key: trace_id`), or
-the matches of `session_regex` in the body (`session_key: regex`, e.g. HDFS block ids `blk_-?\\d+`; a
+the matches of `session_regex` in the body (`session_key: regex`: an id your logs carry, such as a
+VM instance id or a job id; a
 line mentioning several keys joins each of their sessions, at most `max_keys_per_line`). Events of a
 key no more than `session_gap_s` apart (in event time) are one session, up to `session_max_s` from
 its first event (a later event starts the next session).
@@ -122,7 +123,7 @@ class WindowsConfig(StageConfig):
     idle_flush_s: float = 300.0
     max_empty_windows: int = 3  # empty windows emitted per silence / per event-time gap
     session_key: str = "trace_id"  # trace_id | regex | off
-    session_regex: str = r"blk_-?\d+"
+    session_regex: str = ""  # with session_key: regex, the id to group by (no default: it is yours)
     session_gap_s: float = 30.0  # event-time inactivity that closes a session
     session_max_s: float = 3600.0  # a session longer than this is closed and a new one starts
     max_keys_per_line: int = 4
@@ -167,6 +168,8 @@ class WindowsConfig(StageConfig):
             f"must be trace_id, regex or off, got {self.session_key!r}",
         )
         if self.session_key == "regex":
+            require(bool(self.session_regex), "windows.session_regex",
+                    "session_key: regex needs the regex of the id to group by (e.g. an instance id)")
             try:
                 re.compile(self.session_regex)
             except re.error as exc:
