@@ -70,6 +70,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from receiver.component import StageConfig, positive, require
 from receiver.detect.baseline import END, START, Baseline
+from receiver.detect.collapse import Collapser, summary_score, summary_type
 from receiver.detect.stats import (
     confidence_from_surprise,
     count_sf,
@@ -99,7 +100,6 @@ TYPES = ("novel_template", "error_burst", "distribution_shift", "silence", "sequ
 _SEV_PRIOR = {"fatal": 0.9, "error": 0.8, "warn": 0.6}
 _TEXT_CACHE_MAX = 8192  # template texts whose error words / field-line shape are cached
 _MAX_INCIDENT_TEMPLATES = 64
-A_OCCURRENCES = "anomaly.occurrences"  # int: windows this finding counts (collapsed duplicates included)
 
 
 @dataclass
@@ -245,47 +245,13 @@ class _Problem:
     signature: tuple[int, ...] = ()  # what made it anomalous (collapse key); default: templates[:1]
 
 
-@dataclass
-class _Group:
-    """Session findings of one service with one problem signature in one period (see Collapsing)."""
-
-    first: Finding
-    period_end_ns: int
-    count: int = 1
-    start_ns: int = 0
-    end_ns: int = 0
-    trace_ids: list[str] = field(default_factory=list)
-    extra_evidence: list[str] = field(default_factory=list)  # a line from each of the next few occurrences
-
-
 class Tier0Detector:
     """Scores windows against per-service baselines; passes `Assessment`s to `next`.
 
-    Collapsing (`collapse_period_s`, default 60 s, aligned to the epoch in EVENT time, by the
-    window's start): during an incident every failing request's trace session shows the same problem,
-    and one finding per trace would page hundreds of times. A problem's signature is (anomaly type,
-    the templates or transition that made it anomalous: the strongest template for novel templates
-    and bursts, the (previous, next) transition or the invariant's template pair for sequences).
-      * trace-id sessions (`key_kind` "trace_id"): the FIRST session of a service with a signature in
-        a period is reported at once (`anomaly.occurrences` = 1: the first page is not delayed); the
-        later ones in that period are suppressed (their `Assessment` goes downstream with
-        `flagged=False`, `finding=None`, `duplicate_of` = the first finding's id) and counted. When the
-        period is over (the service's windows have reached one more period past its end, on event
-        time), on `flush()`, or when the group is evicted, a group with more than one occurrence is
-        reported ONCE more as a summary: a copy of the first finding with a new id, `anomaly.occurrences`
-        = all of them, `anomaly.update_of` = the first finding's id, the window span covering them all,
-        the first `collapse_max_trace_ids` trace ids (`anomaly.trace_ids`) and an exemplar of each of
-        the next few occurrences as extra evidence. A burst costs at most two findings per period.
-      * a service's tumbling window is reported as before (at most one per period) and opens the group
-        for its signature when none is open: trace sessions of the same period with that signature
-        are then duplicates of it.
-      * regex-keyed sessions (`key_kind` "regex", e.g. HDFS block ids) name distinct entities: each
-        key keeps its own finding; only repeats of the same key and signature in a period collapse,
-        and a tumbling finding does not suppress them.
-    Open groups are capped at `collapse_max_groups` (the oldest is closed early, its summary emitted,
-    counted in `tier0_baseline_evictions{reason="collapse_groups"}`); suppressed windows are counted
-    in `tier0_collapsed_total{type}`. A session of a period whose group was already closed (a very
-    late or very long session) opens a new group.
+    Repeats of one problem are collapsed (`receiver.detect.collapse`, `collapse_period_s`, default
+    60 s of event time): the first finding is reported at once, duplicates go downstream unflagged
+    with `duplicate_of`, and one summary counts them; suppressed windows are counted in
+    `tier0_collapsed_total{type}`, evicted groups in `tier0_baseline_evictions{reason="collapse_groups"}`.
     """
 
     def __init__(self, config: DetectConfig | None, next: AssessmentsConsumer | None = None,
@@ -316,9 +282,9 @@ class Tier0Detector:
         self.m_summaries = Counter("tier0_collapse_summaries", "Summary findings of collapsed problems",
                                    registry=registry)
         self.m_groups = Gauge("tier0_collapse_groups", "Open collapse groups", registry=registry)
-        self._groups: OrderedDict[tuple[Any, ...], _Group] = OrderedDict()  # guarded by self._lock
-        self._wm: dict[str, int] = {}  # service -> latest window end seen (services with open groups)
-        self._summaries: list[Assessment] = []  # closed groups' summaries not yet handed downstream
+        self._collapser = Collapser(self.config.collapse_period_s, self.config.collapse_max_groups,
+                                    self.config.collapse_max_trace_ids, self.config.max_evidence,
+                                    lambda: self.m_evicted.labels("collapse_groups").inc())  # under _lock
         self._started = False
         self._text_cache: dict[str, tuple[list[str], bool]] = {}  # guarded by self._lock
 
@@ -333,9 +299,8 @@ class Tier0Detector:
     def consume_windows(self, windows: Sequence[Window]) -> list[Assessment]:
         out = [self.assess(w) for w in windows]
         with self._lock:
-            self._close_groups(force=False)
-            out += self._summaries
-            self._summaries = []
+            self._collapser.close(force=False)
+            out += self._take_summaries()
         if out and self._next is not None:
             self._next.consume_assessments(out)
         return out
@@ -343,8 +308,8 @@ class Tier0Detector:
     def flush(self) -> list[Assessment]:
         """Close every collapse group now and hand the summaries downstream."""
         with self._lock:
-            self._close_groups(force=True)
-            out, self._summaries = self._summaries, []
+            self._collapser.close(force=True)
+            out = self._take_summaries()
         if out and self._next is not None:
             self._next.consume_assessments(out)
         return out
@@ -357,8 +322,7 @@ class Tier0Detector:
             flagged = best is not None and best.confidence >= self.config.threshold
             self._learn(b, w, flagged)
             self._account(w.service, b)
-            if w.service in self._wm:  # event time of a service with open collapse groups
-                self._wm[w.service] = max(self._wm[w.service], w.end_ns)
+            self._collapser.saw(w)
         child = self._window_children.get(w.kind)
         (child if child is not None else self.m_windows.labels(w.kind)).inc()
         reasons = [f"{p.type} ({p.confidence:.2f}): {p.explanation}" for p in
@@ -371,7 +335,9 @@ class Tier0Detector:
             finding = self._finding(w, best, problems)
             if self.config.collapse_period_s > 0:
                 with self._lock:
-                    duplicate_of = self._collapse(w, best, finding)
+                    signature = best.signature or tuple(best.templates[:1])
+                    duplicate_of = self._collapser.add(w, best.type, signature, finding)
+                    self.m_groups.set(len(self._collapser))
                 if duplicate_of:
                     self.m_collapsed.labels(best.type).inc()
                     flagged, finding = False, None
@@ -380,84 +346,17 @@ class Tier0Detector:
                           problem=best.type if best else "", duplicate_of=duplicate_of)
 
     # ------------------------------------------------------------------ collapsing
-    def _collapse(self, w: Window, best: _Problem, finding: Finding) -> str:
-        """Count a flagged window into its group; returns the id of the finding it duplicates ("" when
-        it is reported). Call with the lock held."""
-        period_ns = int(self.config.collapse_period_s * 1e9)
-        period = w.start_ns // period_ns
-        sig = best.signature or tuple(best.templates[:1])
-        entity = w.key if (w.kind == "session" and w.key_kind != "trace_id") else ""
-        key = (w.service, period, best.type, sig, entity)
-        self._wm[w.service] = max(self._wm.get(w.service, 0), w.end_ns)
-        g = self._groups.get(key)
-        if g is None or w.kind == "tumbling":
-            if g is None:
-                finding.attributes[A_OCCURRENCES] = 1
-                tids = list(w.error_trace_ids[:1]) or ([w.key] if w.key_kind == "trace_id" else [])
-                self._groups[key] = _Group(first=finding, period_end_ns=(period + 1) * period_ns, count=1,
-                                           start_ns=w.start_ns, end_ns=w.end_ns, trace_ids=tids)
-                while len(self._groups) > self.config.collapse_max_groups:
-                    _, old = self._groups.popitem(last=False)
-                    self.m_evicted.labels("collapse_groups").inc()
-                    self._summarise(old)
-                self.m_groups.set(len(self._groups))
-            else:  # a tumbling window after trace sessions of the same problem: reported, not merged
-                finding.attributes[A_OCCURRENCES] = 1
-            return ""
-        g.count += 1
-        g.start_ns = min(g.start_ns, w.start_ns)
-        g.end_ns = max(g.end_ns, w.end_ns)
-        tid = w.error_trace_ids[0] if w.error_trace_ids else (w.key if w.key_kind == "trace_id" else "")
-        if tid and tid not in g.trace_ids and len(g.trace_ids) < self.config.collapse_max_trace_ids:
-            g.trace_ids.append(tid)
-        if len(g.extra_evidence) < 3 and w.exemplars:
-            g.extra_evidence.append(f"occurrence {g.count}: {w.exemplars[0]}")
-        return g.first.id
-
-    def _close_groups(self, force: bool) -> None:
-        """Close the groups whose period is over (lock held): the service's windows reached one
-        period past its end (or `force`); their summaries are queued."""
-        if not self._groups:
-            return
-        period_ns = int(self.config.collapse_period_s * 1e9)
-        done = [k for k, g in self._groups.items()
-                if force or self._wm.get(k[0], 0) >= g.period_end_ns + period_ns]
-        for k in done:
-            self._summarise(self._groups.pop(k))
-        if done:
-            live = {k[0] for k in self._groups}
-            for svc in [s for s in self._wm if s not in live]:
-                del self._wm[svc]
-            self.m_groups.set(len(self._groups))
-
-    def _summarise(self, g: _Group) -> None:
-        """Queue the summary finding of a closed group with more than one occurrence."""
-        if g.count <= 1:
-            return
-        first = g.first
-        attrs = dict(first.attributes)
-        evidence = list(attrs.get(A_EVIDENCE) or [])[: self.config.max_evidence] + g.extra_evidence
-        attrs.update({
-            A_OCCURRENCES: g.count,
-            A_WINDOW_START: int(g.start_ns),
-            A_WINDOW_END: int(g.end_ns),
-            A_EVIDENCE: evidence,
-            "anomaly.trace_ids": list(g.trace_ids),
-            "anomaly.update_of": first.id,
-        })
-        service = str(attrs.get(A_SERVICE, ""))
-        body = (f"[collapsed] {g.count} occurrences of the same problem between window start "
-                f"{g.start_ns} and end {g.end_ns} (first reported as finding {first.id}): {first.body}")
-        finding = Finding(event_name=EVENT_ANOMALY, attributes=attrs, body=body, time_ns=g.end_ns,
-                          trace_id=first.trace_id, span_id=first.span_id)
-        w = Window(service=service, kind=str(attrs.get("anomaly.window.kind", "session")), key="",
-                   start_ns=g.start_ns, end_ns=g.end_ns, key_kind="summary")
-        self.m_summaries.inc()
-        self._summaries.append(Assessment(window=w, score=float(attrs.get(A_CONFIDENCE, 0.0) or 0.0),
-                                          flagged=True, finding=finding,
-                                          reasons=[f"collapse summary of {first.id}: {g.count} occurrences"],
-                                          problem=str(attrs.get(A_TYPE, "")), duplicate_of=first.id,
-                                          summary=True))
+    def _take_summaries(self) -> list[Assessment]:
+        """The summaries of the groups closed so far, as assessments (lock held)."""
+        out = []
+        for sm in self._collapser.summaries:
+            self.m_summaries.inc()
+            out.append(Assessment(window=sm.window, score=summary_score(sm), flagged=True, finding=sm.finding,
+                                  reasons=[f"collapse summary of {sm.first_id}: {sm.count} occurrences"],
+                                  problem=summary_type(sm), duplicate_of=sm.first_id, summary=True))
+        self._collapser.summaries = []
+        self.m_groups.set(len(self._collapser))
+        return out
 
     # ------------------------------------------------------------------ scoring
     def _surprise_conf(self, p: float) -> float:
