@@ -14,7 +14,7 @@ from typing import Any
 
 from receiver.api.http import ApiConfig
 from receiver.component import StageConfig, require
-from receiver.detect.tier0 import DetectConfig
+from receiver.detect.config import DetectConfig
 from receiver.errors import ConfigError
 from receiver.export.config import ExportConfig
 from receiver.graph.config import GraphConfig

@@ -1,11 +1,10 @@
-"""detect stage: tier 0 (local, unsupervised) judges every closed log window."""
+"""detect stage: tier 0 (local, unsupervised) judges every closed log window.
 
-from receiver.detect.tier0 import (
-    Assessment,
-    AssessmentsConsumer,
-    DetectConfig,
-    Tier0Detector,
-    Tier0Only,
-)
+config.py (the `detect` settings), text.py (what a template's text says), stats.py (tail
+probabilities), baseline.py (what is known of one service), collapse.py (repeats into one finding),
+tier0.py (the detector that scores windows and learns)."""
+
+from receiver.detect.config import DetectConfig
+from receiver.detect.tier0 import Assessment, AssessmentsConsumer, Tier0Detector, Tier0Only
 
 __all__ = ["Assessment", "AssessmentsConsumer", "DetectConfig", "Tier0Detector", "Tier0Only"]
