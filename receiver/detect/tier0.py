@@ -68,9 +68,11 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from receiver.detect.baseline import END, START, Baseline
+from receiver.detect import sessions
+from receiver.detect.baseline import Baseline
 from receiver.detect.collapse import Collapser, summary_score, summary_type
 from receiver.detect.config import DetectConfig
+from receiver.detect.problem import Problem
 from receiver.detect.stats import (
     confidence_from_surprise,
     count_sf,
@@ -138,16 +140,6 @@ class Tier0Only:
 
     def shutdown(self) -> None:
         return None
-
-
-@dataclass
-class _Problem:
-    type: str
-    confidence: float
-    severity: str
-    explanation: str
-    templates: list[int] = field(default_factory=list)  # templates to show first as evidence
-    signature: tuple[int, ...] = ()  # what made it anomalous (collapse key); default: templates[:1]
 
 
 class Tier0Detector:
@@ -305,9 +297,9 @@ class Tier0Detector:
                 n += c
         return n
 
-    def _score(self, b: Baseline, w: Window) -> list[_Problem]:
+    def _score(self, b: Baseline, w: Window) -> list[Problem]:
         cfg = self.config
-        problems: list[_Problem] = []
+        problems: list[Problem] = []
         t_ns = w.start_ns or w.end_ns
         if not b.first_ns or t_ns < b.first_ns:
             b.first_ns = t_ns
@@ -323,7 +315,7 @@ class Tier0Detector:
                     # the order and counts of an entity's lifecycle (a block, a VM, a job) are judged
                     # one entity at a time; a request path seen in 1 of 1,000 requests is not news in a
                     # stream of thousands a minute (its errors are judged by rate, in tumbling windows)
-                    for p in (self._invariants(b, w), self._sequence(b, w)):
+                    for p in (sessions.invariants(b, w), sessions.sequence(b, w, cfg, self._surprise_conf)):
                         if p:
                             problems.append(p)
             return problems
@@ -340,7 +332,7 @@ class Tier0Detector:
                 conf = self._surprise_conf(pr)
                 if b.silent:  # one finding per silence, not one per empty window
                     conf = min(conf, 0.05)
-                problems.append(_Problem(
+                problems.append(Problem(
                     "silence", conf, "high",
                     f"service {w.service} sent no log lines in this {_dur(w)} window; it usually sends "
                     f"{lam:.1f} lines per window (P(0 lines) = {pr:.2g})"
@@ -379,7 +371,7 @@ class Tier0Detector:
                 sev = "high" if kind == "error" else "medium"
                 if w.severity_counts.get("fatal", 0):
                     sev = "critical"
-                problems.append(_Problem(
+                problems.append(Problem(
                     "error_burst", conf, sev,
                     f"{count} {kind} lines out of {w.count} ({count / w.count:.0%}); baseline {kind} share "
                     f"{share:.2%} predicts {w.count * share:.1f} (P(>= {count}) = {pr:.2g})"
@@ -396,7 +388,7 @@ class Tier0Detector:
                 conf = self._surprise_conf(pr)
                 if conf > 0.05:
                     gained = sorted(cur, key=lambda t: -(cur[t] - b.hist.get(t, 0.0)))[:3]
-                    problems.append(_Problem(
+                    problems.append(Problem(
                         "distribution_shift", conf, "medium",
                         f"template mix changed: JS divergence {js:.2f} bits vs baseline {b.js.mean:.2f} "
                         f"+- {sd:.2f} (z = {z:.1f}); most increased: "
@@ -404,9 +396,9 @@ class Tier0Detector:
                         gained))
         return problems
 
-    def _novel(self, b: Baseline, w: Window) -> list[_Problem]:
+    def _novel(self, b: Baseline, w: Window) -> list[Problem]:
         cfg = self.config
-        best: _Problem | None = None
+        best: Problem | None = None
         # sessions and tumbling windows keep separate memories: a template first seen in a tumbling
         # window (closed earlier) is still news to the session that carries it
         seen: dict[int, int] | OrderedDict[int, int] = b.sess_df if w.kind == "session" else b.templates
@@ -444,7 +436,7 @@ class Tier0Detector:
                     sev, "medium" if words else "low")
                 what = (f"{len(novel)} template(s) never seen before for {w.service}" if t in novel else
                         f"a {sev} template seen in only {seen.get(t, 0)} of {b.sessions} earlier sessions")
-                best = _Problem(
+                best = Problem(
                     "novel_template", prior, severity,
                     f"{what}; strongest: "
                     f"\"{text[:200]}\" ({w.template_counts[t]} line(s), worst severity {sev}"
@@ -464,7 +456,7 @@ class Tier0Detector:
             return min(prior, self.config.severity_only_cap)
         return min(0.97, prior + self.config.error_word_bonus) if words else prior
 
-    def _recurring(self, b: Baseline, w: Window) -> _Problem | None:
+    def _recurring(self, b: Baseline, w: Window) -> Problem | None:
         """The open incident's own failure recurs in the window right after it: a template first
         seen in the incident is still news against the history before it, so it keeps its novelty
         prior (the failure has not stopped), for at most `incident_max_windows` windows."""
@@ -477,7 +469,7 @@ class Tier0Detector:
         prior, t = max(hits)
         lines = sum(w.template_errors[x] for _, x in hits)
         sev = w.template_worst.get(t, "error")
-        return _Problem(
+        return Problem(
             "novel_template", prior, {"fatal": "critical", "error": "high"}.get(sev, "medium"),
             f"ongoing incident ({b.incident_windows + 1} window(s)): {lines} line(s) of the failure first "
             f"seen in it recur; strongest: \"{w.templates.get(t, '')[:200]}\" (worst severity {sev})",
@@ -528,7 +520,7 @@ class Tier0Detector:
             return False
         return 0 <= w.start_ns - b.incident_end_ns <= self.config.incident_grace_s * 1e9
 
-    def _first_window(self, b: Baseline, w: Window) -> _Problem | None:
+    def _first_window(self, b: Baseline, w: Window) -> Problem | None:
         """The first window of a service never seen before has no baseline, so only what it says
         counts: when at least half of its lines are error/fatal lines naming a failure, the service
         introduced itself with failures (a crash loop after a deploy, a job that cannot start) and
@@ -544,74 +536,6 @@ class Tier0Detector:
         p.explanation = (f"first window of a service never seen before: {failures} of its {w.count} lines "
                          f"are errors naming a failure; " + p.explanation)
         return p
-
-    def _invariants(self, b: Baseline, w: Window) -> _Problem | None:
-        """Count invariants of sessions (Invariants-Mining spirit, learned online): pairs of frequent
-        templates whose counts are equal in >= inv_min_hold of the sessions showing either, and
-        templates that (almost) always come with another one. Confidence = the share of past
-        sessions that obeyed the violated invariant."""
-        c = w.template_counts
-        worst: tuple[float, str, list[int]] | None = None
-        for x, cx in c.items():
-            for y, rate, h, n in b.eq_by.get(x, ()):
-                cy = c.get(y, 0)
-                if cx != cy and (cy == 0 or x < y) and (worst is None or rate > worst[0]):
-                    worst = (rate, f"count(#{x}) = {cx} but count(#{y}) = {cy}; they were equal in {h} "
-                             f"of {n} sessions showing either ({rate:.1%})", [x, y])
-            for y, rate, h, n in b.imp_by.get(x, ()):
-                if y not in c and (worst is None or rate > worst[0]):
-                    worst = (rate, f"#{x} occurred without #{y}; they came together in {h} of {n} "
-                             f"sessions ({rate:.1%})", [x, y])
-        if worst is None:
-            return None
-        rate, why, tids = worst
-        names = "; ".join(f"#{t} = \"{w.templates[t][:100]}\"" for t in tids if t in w.templates)
-        return _Problem("sequence", rate, "medium",
-                        f"session {w.key} ({w.count} lines) breaks a count invariant: {why}"
-                        + (f" [{names}]" if names else ""), tids, signature=(-10, *tids))
-
-    def _seq_prob(self, b: Baseline, ctx2: tuple[int, ...], ctx1: tuple[int, ...], nxt: int) -> float | None:
-        cfg = self.config
-        for ctx in (ctx2, ctx1):
-            total = b.ctx_total.get(ctx, 0)
-            if total >= cfg.seq_min_support:
-                nexts = b.trans.get(ctx, {})
-                k = len(nexts) + 1
-                return (nexts.get(nxt, 0) + cfg.seq_smoothing) / (total + cfg.seq_smoothing * k)
-        return None
-
-    def _sequence(self, b: Baseline, w: Window) -> _Problem | None:
-        seq = [START, *w.template_sequence, END]
-        worst_p = 1.0
-        worst_at = -1
-        for i in range(1, len(seq)):
-            ctx2 = (seq[i - 2], seq[i - 1]) if i >= 2 else (START, START)
-            p = self._seq_prob(b, ctx2, (seq[i - 1],), seq[i])
-            if p is not None and p < worst_p:
-                worst_p, worst_at = p, i
-        if worst_at < 0:
-            return None
-        conf = self._surprise_conf(worst_p)
-        if conf <= 0.05:
-            return None
-
-        def name(t: int) -> str:
-            if t == START:
-                return "<session start>"
-            if t == END:
-                return "<session end>"
-            return f"\"{w.templates.get(t, '#' + str(t))[:120]}\""
-
-        prev, nxt = seq[worst_at - 1], seq[worst_at]
-        if nxt == END:
-            what = f"session ended after {name(prev)}, which rarely closes a session"
-        else:
-            what = f"{name(nxt)} followed {name(prev)}"
-        return _Problem(
-            "sequence", conf, "medium",
-            f"unusual order in session {w.key} ({w.count} lines): {what} "
-            f"(learned P = {worst_p:.2g} from {b.sessions} sessions)",
-            [nxt] if nxt >= 0 else ([prev] if prev >= 0 else []), signature=(prev, nxt))
 
     # ------------------------------------------------------------------ learning
     def _learn(self, b: Baseline, w: Window, flagged: bool) -> None:
@@ -640,13 +564,8 @@ class Tier0Detector:
             self.m_evicted.labels("templates").inc()
         if w.kind == "session":
             b.sessions += 1
-            seq = [START, START, *w.template_sequence, END]
-            for i in range(2, len(seq)):
-                self._count(b, (seq[i - 2], seq[i - 1]), seq[i])
-                self._count(b, (seq[i - 1],), seq[i])
-            if b.n_trans > cfg.max_transitions_per_service:
-                self._prune(b)
-            self._learn_invariants(b, w, bad)
+            sessions.learn_transitions(b, w, cfg, self.m_evicted)
+            sessions.learn_invariants(b, w, cfg, self.m_evicted, bad)
             return
         b.windows += 1
         continuing = b.incident_end_ns == w.end_ns and not flagged
@@ -696,90 +615,6 @@ class Tier0Detector:
             self.m_evicted.labels("known_bad").inc()
         return bad
 
-    def _learn_invariants(self, b: Baseline, w: Window, bad: set[int] | None = None) -> None:
-        cfg = self.config
-        if not cfg.inv_templates:
-            return
-        c = w.template_counts
-        for t in c:
-            if t >= 0 and not (bad and t in bad):
-                b.sess_df[t] = b.sess_df.get(t, 0) + 1
-        if len(b.sess_df) > cfg.max_templates_per_service:
-            # amortised: keep the most common three quarters, so the sort runs once per cap/4 new templates
-            keep_n = max(1, cfg.max_templates_per_service * 3 // 4)
-            keep = sorted(b.sess_df.items(), key=lambda kv: -kv[1])[:keep_n]
-            self.m_evicted.labels("session_templates").inc(len(b.sess_df) - len(keep))
-            b.sess_df = dict(keep)
-            b.pairs = {k: v for k, v in b.pairs.items() if k[0] in b.sess_df and k[1] in b.sess_df}
-        present = [t for t in c if t >= 0]
-        if len(present) > cfg.inv_templates:
-            present = sorted(present, key=lambda t: -b.sess_df.get(t, 0))[: cfg.inv_templates]
-        present.sort()
-        pairs = b.pairs
-        for i, x in enumerate(present):
-            cx = c[x]
-            for y in present[i + 1:]:
-                st = pairs.get((x, y))
-                if st is None:
-                    st = pairs[(x, y)] = [0, 0]
-                st[0] += 1
-                st[1] += cx == c[y]
-        if len(pairs) > cfg.max_pairs_per_service:
-            ranked = sorted(pairs.items(), key=lambda kv: kv[1][0])
-            drop = len(pairs) - cfg.max_pairs_per_service // 2
-            for k, _ in ranked[:drop]:
-                del pairs[k]
-            self.m_evicted.labels("pairs").inc(drop)
-        # the active set follows every session while the baseline is young (and the table small),
-        # then every 64 sessions (rates are stable by then; the rebuild is O(pairs))
-        young = b.sessions < 512 and len(pairs) <= 4096
-        if young or b.sessions % 64 == 0:
-            self._rebuild_invariants(b)
-
-    def _rebuild_invariants(self, b: Baseline) -> None:
-        """Turn pair counts into the active invariants:
-        equal counts: sessions with both and equal / sessions with either (= df(x) + df(y) - both);
-        x implies y: sessions with both / df(x)."""
-        cfg = self.config
-        eq_by: dict[int, list[tuple[int, float, int, int]]] = {}
-        imp_by: dict[int, list[tuple[int, float, int, int]]] = {}
-        df = b.sess_df
-        for (x, y), (both, equal) in b.pairs.items():
-            dx, dy = df.get(x, 0), df.get(y, 0)
-            n_either = dx + dy - both
-            if n_either >= cfg.inv_min_support and equal / n_either >= cfg.inv_min_hold:
-                rate = equal / n_either
-                eq_by.setdefault(x, []).append((y, rate, equal, n_either))
-                eq_by.setdefault(y, []).append((x, rate, equal, n_either))
-            for a, bb, da in ((x, y, dx), (y, x, dy)):
-                if da >= cfg.inv_min_support and both / da >= cfg.inv_min_hold:
-                    imp_by.setdefault(a, []).append((bb, both / da, both, da))
-        b.eq_by, b.imp_by = eq_by, imp_by
-
-    @staticmethod
-    def _count(b: Baseline, ctx: tuple[int, ...], nxt: int) -> None:
-        nexts = b.trans.get(ctx)
-        if nexts is None:
-            nexts = b.trans[ctx] = {}
-        if nxt not in nexts:
-            nexts[nxt] = 0
-            b.n_trans += 1
-        nexts[nxt] += 1
-        b.ctx_total[ctx] = b.ctx_total.get(ctx, 0) + 1
-
-    def _prune(self, b: Baseline) -> None:
-        """Transition cap hit: drop the rarest half of the (context, next) pairs."""
-        pairs = sorted((c, ctx, n) for ctx, nexts in b.trans.items() for n, c in nexts.items())
-        drop = pairs[: len(pairs) // 2]
-        for c, ctx, n in drop:
-            del b.trans[ctx][n]
-            b.ctx_total[ctx] -= c
-            if not b.trans[ctx]:
-                del b.trans[ctx]
-                del b.ctx_total[ctx]
-        b.n_trans -= len(drop)
-        self.m_evicted.labels("transitions").inc(len(drop))
-
     def _account(self, service: str, b: Baseline) -> None:
         """Keep the total size of all baselines under `max_entries_total` (LRU services dropped)."""
         size = (len(b.templates) + len(b.families) + len(b.hist) + len(b.sess_df) + b.n_trans + len(b.pairs)
@@ -816,7 +651,7 @@ class Tier0Detector:
         return b
 
     # ------------------------------------------------------------------ findings
-    def _finding(self, w: Window, best: _Problem, problems: list[_Problem]) -> Finding:
+    def _finding(self, w: Window, best: Problem, problems: list[Problem]) -> Finding:
         cfg = self.config
         evidence: list[str] = []
         order = list(range(len(w.exemplars)))
@@ -917,7 +752,7 @@ class Tier0Detector:
             self._baselines = loaded
             self._entries = 0
             for b in loaded.values():
-                self._rebuild_invariants(b)  # the active invariants are derived, not stored
+                sessions.rebuild_invariants(b, self.config)  # the active invariants are derived, not stored
                 b.size = (len(b.templates) + len(b.families) + len(b.hist) + len(b.sess_df) + b.n_trans
                           + len(b.pairs) + len(b.known_bad) + len(b.acknowledged))
                 self._entries += b.size
