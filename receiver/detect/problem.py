@@ -13,3 +13,4 @@ class Problem:
     explanation: str
     templates: list[int] = field(default_factory=list)  # templates to show first as evidence
     signature: tuple[int, ...] = ()  # what made it anomalous (collapse key); default: templates[:1]
+    warmup: bool = False  # found while the service's baseline was still learning (`anomaly.warmup`)

@@ -533,6 +533,7 @@ class Tier0Detector:
         if not best:
             return None
         p = best[0]
+        p.warmup = True
         p.explanation = (f"first window of a service never seen before: {failures} of its {w.count} lines "
                          f"are errors naming a failure; " + p.explanation)
         return p
@@ -678,6 +679,8 @@ class Tier0Detector:
             "anomaly.window.kind": w.kind,
             "anomaly.window.key": w.key,
         }
+        if best.warmup:
+            attrs["anomaly.warmup"] = True
         return Finding(event_name=EVENT_ANOMALY, attributes=attrs, body=body,
                        time_ns=w.end_ns or w.start_ns,
                        trace_id=w.error_trace_ids[0] if w.error_trace_ids else "",
