@@ -96,7 +96,7 @@ def test_quiet_on_normal_and_warmup() -> None:
     fresh = Tier0Detector(DetectConfig(warmup_windows=5), None, CollectorRegistry())
     a = fresh.assess(win(0, {9: 50}, {9: 50}))
     check_contract(a, "novel_template")
-    assert "first window of a service never seen before" in a.finding.body  # type: ignore[union-attr]
+    assert "baseline is still learning" in a.finding.body  # type: ignore[union-attr]
     assert a.finding.attributes["anomaly.warmup"] is True  # type: ignore[union-attr]
     a = fresh.assess(win(1, {9: 50, 11: 5}, {9: 50, 11: 5}))  # the same incident's next window
     assert not a.flagged and any("follow-on of the incident" in r for r in a.reasons)

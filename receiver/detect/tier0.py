@@ -521,11 +521,12 @@ class Tier0Detector:
         return 0 <= w.start_ns - b.incident_end_ns <= self.config.incident_grace_s * 1e9
 
     def _first_window(self, b: Baseline, w: Window) -> Problem | None:
-        """The first window of a service never seen before has no baseline, so only what it says
-        counts: when at least half of its lines are error/fatal lines naming a failure, the service
-        introduced itself with failures (a crash loop after a deploy, a job that cannot start) and
-        its strongest such template is reported with its novelty prior. Any other first window
-        (info chatter, a single error among many lines, warnings) waits for the warm-up."""
+        """A window of a service whose baseline is still learning (its first minutes) has nothing to be
+        compared with, so only what it says counts: when at least half of its lines are error/fatal
+        lines naming a failure, the service introduced itself with failures (a crash loop after a
+        deploy, a job that cannot start) and its strongest such template is reported with its novelty
+        prior. Any other window (info chatter, a single error among many lines, warnings) only
+        teaches the baseline."""
         failures = self._failure_lines(w)
         if not failures or 2 * failures < w.count:
             return None
@@ -534,7 +535,7 @@ class Tier0Detector:
             return None
         p = best[0]
         p.warmup = True
-        p.explanation = (f"first window of a service never seen before: {failures} of its {w.count} lines "
+        p.explanation = (f"while the service's baseline is still learning: {failures} of the {w.count} lines "
                          f"are errors naming a failure; " + p.explanation)
         return p
 
