@@ -63,6 +63,15 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
+    """The request's JSON object body, or None when it is not one."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -210,11 +219,8 @@ class ApiServer:
         """`{"service": NAME, "template_id": ID}`: the operator says a remembered failure is normal."""
         if self.sources.mark_normal is None:
             return _error(404, "the detector is not enabled")
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "body must be a JSON object {\"service\": ..., \"template_id\": ...}")
-        if not isinstance(body, dict) or not isinstance(body.get("service"), str) \
+        body = await _json_object(request)
+        if body is None or not isinstance(body.get("service"), str) \
                 or not isinstance(body.get("template_id"), int) or isinstance(body.get("template_id"), bool):
             return _error(400, "body must be a JSON object with a string 'service' and an integer "
                           "'template_id'")
@@ -226,11 +232,10 @@ class ApiServer:
     async def resolution(self, request: web.Request) -> web.Response:
         if self.sources.add_resolution is None:
             return _error(404, "incidents are not enabled")
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        body = await _json_object(request)
+        if body is None:
             return _error(400, "body must be JSON: {\"note\": \"...\", \"author\": \"...\"}")
-        if not isinstance(body, dict) or not isinstance(body.get("note"), str) or not body["note"].strip():
+        if not isinstance(body.get("note"), str) or not body["note"].strip():
             return _error(400, "field 'note' (non-empty string) is required")
         author = body.get("author") if isinstance(body.get("author"), str) else ""
         row = await self._call(self.sources.add_resolution, request.match_info["id"], body["note"], author)
