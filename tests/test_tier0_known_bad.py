@@ -91,3 +91,11 @@ def test_known_bad_memory_is_capped_and_persisted(tmp_path: object) -> None:
     det2 = Tier0Detector(DetectConfig(max_templates_per_service=20), None, CollectorRegistry())
     assert det2.load(path) == 1
     assert det2._baselines["compute"].known_bad == b.known_bad
+
+
+def test_exception_shapes_name_a_failure() -> None:
+    det = Tier0Detector(DetectConfig(), None, CollectorRegistry())
+    assert det.failure_words("Traceback (most recent call last):") == ["traceback"]
+    assert det.failure_words("Caused by: <*>") == ["caused by"]
+    assert "exception" in det.failure_words("java.net.SocketTimeoutException: <*> millis timeout")
+    assert det.failure_words("served <*> requests in <*> ms") == []

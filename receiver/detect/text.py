@@ -10,6 +10,8 @@ DEFAULT_ERROR_WORDS = [
     "error", "exception", "fail", "failed", "failure", "fatal", "refused", "timeout", "timed out", "killed",
     "panic", "abort", "denied", "unreachable", "crash", "corrupt", "interrupt", "oom", "out of memory",
     "cannot", "can not", "unable", "invalid", "lost", "severe",
+    # the shapes of an exception report in Python and on the JVM (a Go panic is a word above)
+    "traceback", "caused by",
 ]
 
 
