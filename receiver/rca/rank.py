@@ -71,11 +71,14 @@ class Features:
     deep_cur: float = 0.0
     deep_count: float = 0.0
     blamed_count: float = 0.0  # callers' own errors naming this node
+    blames_out: float = 0.0  # its own failing spans naming a service it called
     gap_base_ms: float = 0.0
     gap_cur_ms: float = 0.0
     gap_edge: str = ""
     gap_share: float = 0.0  # share of the node's edges (in and out) whose gap rose
     gap_rise: float = 0.0  # the largest relative gap rise (outgoing edges count half)
+    log_err_n_cur: float = 0.0  # error log lines in the current window
+    log_err_expected: float = 0.0  # ... expected there from the baseline rate
     log_err_base: float = 0.0  # error log lines per bucket
     log_err_cur: float = 0.0
     log_warn_base: float = 0.0
@@ -203,10 +206,14 @@ def compute_features(signals: SpanSignals, graph: nx.DiGraph, node: str, onset_n
     deep_b = max(0.0, b[N_DEEP] + blamed_in_b - blamed_out_b)
     deep_c = max(0.0, c[N_DEEP] + blamed_in_c - blamed_out_c)
     f.blamed_count = blamed_in_c
+    f.blames_out = blamed_out_c
     f.deep_count = deep_c
     f.deep_base = (deep_b + 0.1) / (b[N_CALLS] + 1.0)
     f.deep_cur = deep_c / c[N_CALLS] if c[N_CALLS] else (1.0 if deep_c else 0.0)
     f.log_err_base, f.log_err_cur = b[N_LOG_ERR] / nbase, c[N_LOG_ERR] / ncur
+    f.log_err_n_cur = c[N_LOG_ERR]
+    # the baseline rate, with one line per baseline window as the floor (never seen is not impossible)
+    f.log_err_expected = (b[N_LOG_ERR] + 1.0) / (nbase + 1) * ncur
     f.log_warn_base, f.log_warn_cur = b[N_LOG_WARN] / nbase, c[N_LOG_WARN] / ncur
     deploys = signals.deploys(node, cur_lo - 2 * bns, until_ns)
     if deploys:
@@ -256,6 +263,13 @@ def _local_score(f: Features, w: RankWeights, has_baseline: bool, has_spans: boo
     log_rise = math.log1p(_rel_rise(f.log_err_cur + 0.5 * f.log_warn_cur,
                                     f.log_err_base + 0.5 * f.log_warn_base, 1.0))
     parts["logs"] = w.logs * max(f.anomaly_score, min(1.0, log_rise / 2.0))
+    # the node's own error lines, far more than its baseline rate explains (Poisson, p < 0.001 as for
+    # failing traces): a specific signal of its own (an exception it logs, a wrong answer it reports),
+    # on the failing-trace scale, growing with the surprise (-log10 p) up to 30 decades
+    if f.log_err_n_cur >= 3:
+        log_p = poisson_sf(int(f.log_err_n_cur), f.log_err_expected)
+        if log_p < 0.001:
+            parts["error_logs"] = w.deep * min(1.0, -math.log10(max(log_p, 1e-300)) / 30.0) ** 0.5
     if f.deployed:
         parts["deploy"] = w.deploy
     if not has_spans:
@@ -302,6 +316,15 @@ def rank(signals: SpanSignals, graph: nx.DiGraph, anomalous: Sequence[str], onse
                                 has_spans=f.calls_base + f.calls_cur > 0 or g.degree(n) > 0)
         f.symptom = _symptom_score(f)
         feats[n] = f
+    # explaining away: a caller's error lines while a service it calls fails on its own (its own error
+    # lines or failing traces), or while its failing spans name a callee, are that callee's symptom,
+    # not the caller's evidence
+    for n in cands:
+        f = feats[n]
+        if "error_logs" in f.parts and (f.blames_out > 0 or any(
+                "error_logs" in feats[c].parts or "deep" in feats[c].parts
+                for c in g.successors(n) if c in feats and c != n)):
+            f.local -= f.parts.pop("error_logs")
     symptomatic = [n for n in cands if feats[n].symptom > 0.1 or feats[n].local > 0.5]
     # explained share: symptomatic nodes that reach the candidate through real call edges
     sub = g.subgraph(cands)
