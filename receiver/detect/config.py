@@ -34,7 +34,7 @@ class DetectConfig(StageConfig):
     inv_min_hold: float = 0.97  # an invariant must hold in this share of those sessions
     novel_info_prior: float = 0.35
     # sessions: a warn/error template in fewer than this share of past sessions is news (0 = off). It
-    # finds most of the HDFS block anomalies, and also flags steady business errors on healthy traffic
+    # finds most of the anomalies of the labelled block sessions, and also flags steady business errors
     # (see `eval quiet` in BENCHMARKS.md): an open problem of issue 9
     rare_session_share: float = 0.02
     family_tokens: int = 4  # a template's family = its first N constant tokens (0 disables families)

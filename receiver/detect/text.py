@@ -37,15 +37,15 @@ def template_family(template: str, n: int) -> str:
 # `name.........<*>` (a dump row: a label padded with dots to a value)
 _PADDED_FIELD = re.compile(r".*[^.\s]\s?\.{2,}\s*(?:<\*>|<[A-Z_]+>|0x[0-9a-fA-F]+|\d+)")
 _LABEL_VALUE = re.compile(r"[A-Za-z][\w ()/,.'+-]{0,60}?\s?[:=]\s*(?:<\*>|<[A-Z_]+>)")  # `name: <*>`
-_PAIRS = re.compile(r"(?:[\w.-]+[:=](?:<\*>|<[A-Z_]+>)\s*){2,}")  # `lr:<*> cr:<*> xer:<*>`
-_HEADER = re.compile(r"[A-Za-z][\w ()/,.'-]{0,60}:")  # `special purpose registers:`
+_PAIRS = re.compile(r"(?:[\w.-]+[:=](?:<\*>|<[A-Z_]+>)\s*){2,}")  # `rip:<*> rsp:<*> rax:<*>`
+_HEADER = re.compile(r"[A-Za-z][\w ()/,.'-]{0,60}:")  # `memory usage:`
 
 
 def is_field_line(template: str, error_words: Sequence[str] = ()) -> bool:
     """True for a template that prints dumped state, not an event: a padded table row
-    (`program interrupt: imprecise exception......<*>`: the words name a flag, not a failure),
-    key:value pairs only (`lr:<*> cr:<*>`), or, when it names no failure, one labelled value
-    (`instruction address: <*>`) or a section header (`special purpose registers:`).
+    (`strict alignment exception.......<*>`: the words name a flag, not a failure), key:value pairs
+    only (`rip:<*> rsp:<*>`), or, when it names no failure, one labelled value (`heap used: <*>`) or
+    a section header (`memory usage:`).
     `Connection failed: <*>` or `error=<*>` name a failure and stay events."""
     t = template.strip()
     if not t or len(t) > 200:  # dump rows are short; long lines are statements

@@ -21,7 +21,7 @@ new info lines are normal life. Session count invariants (Invariants-Mining spir
 pairs of frequent templates whose counts are equal, or that always co-occur, in >= 97 % of past
 sessions) report the share of past sessions that obeyed the broken invariant as confidence.
 Dumped state is not an event: a template that only prints fields (`name.........<*>` table rows,
-`lr:<*> cr:<*>` pairs, or, when it names no failure, `register: <*>` and `registers:` headers; see
+`key:<*> key:<*>` pairs, or, when it names no failure, `name: <*>` values and `section:` headers; see
 `is_field_line`) gets no error-word bonus and a novelty prior capped at `severity_only_cap` (0.5), and
 error bursts are counted in event lines: a burst made of dumped fields is capped at 0.5 as well.
 An incident is not re-reported for its aftermath: when the last tumbling window of a service that had

@@ -202,7 +202,7 @@ class Window:
     last_ns: int = 0
     closed_by: str = ""  # watermark | gap | max_length | idle | flush | cap | empty
     # sessions: what the key names, "trace_id" (one request: many keys show one problem) or "regex"
-    # (an entity such as an HDFS block: each key is its own subject); "" for tumbling windows
+    # (an entity such as a storage block or a VM: each key is its own subject); "" for tumbling windows
     key_kind: str = ""
 
     @property
