@@ -33,9 +33,9 @@ class DetectConfig(StageConfig):
     inv_min_support: int = 50  # sessions showing a template pair before its invariant is used
     inv_min_hold: float = 0.97  # an invariant must hold in this share of those sessions
     novel_info_prior: float = 0.35
-    # sessions: a warn/error template in fewer than this share of past sessions is news (0 = off). It
-    # finds most of the anomalies of the labelled block sessions, and also flags steady business errors
-    # (see `eval quiet` in BENCHMARKS.md): an open problem of issue 9
+    # entity sessions (regex keys): a warn/error template in fewer than this share of past sessions is
+    # news (0 = off). Requests (trace-id sessions) are judged by their error rate instead: every request
+    # stream fails at some steady rate (see `eval quiet` in BENCHMARKS.md)
     rare_session_share: float = 0.02
     family_tokens: int = 4  # a template's family = its first N constant tokens (0 disables families)
     known_family_factor: float = 0.5  # novelty prior multiplier for a new template of a known family
