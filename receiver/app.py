@@ -145,6 +145,7 @@ class App:
             add_resolution=self.incident_api.add_resolution,
             known_bad=self.detector.known_bad,
             mark_normal=self.detector.mark_normal,
+            investigate=self._investigate,
         ), reg)
         self._ticker: asyncio.Task[None] | None = None
         self._llm_start: asyncio.Future[None] | None = None
@@ -302,6 +303,10 @@ class App:
     def _list_findings_objects(self, limit: int, event_name: str | None, since_ns: int | None
                                ) -> list[Finding]:
         return self.store.list_findings(limit=limit, event_name=event_name, since_ns=since_ns)
+
+    def _investigate(self, start_ns: int, end_ns: int, service: str | None) -> dict[str, Any] | None:
+        rep = self.rca.investigate_report(start_ns, end_ns, service)
+        return rep.to_dict() if rep is not None else None
 
     def _list_findings(self, limit: int, event_name: str | None, service: str | None,
                        since_ns: int | None) -> list[dict[str, Any]]:

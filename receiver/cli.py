@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     eq.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
     eq.add_argument("--json", action="store_true")
 
+    inv = sub.add_parser("investigate", help="ask the running analyzer for the root cause of recent minutes")
+    from receiver.rca.investigate_cli import add_arguments as add_investigate_arguments
+
+    add_investigate_arguments(inv)
+
     demo = sub.add_parser("demo",
                           help="start the analyzer and a simulated microservice system, inject a fault")
     demo.add_argument("--fault", default=None, choices=FAULT_KINDS, help="fault kind (default: db_down)")
@@ -149,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return quiet_main(["--hours", str(args.hours), "--seed", str(args.seed)]
                                   + (["--json"] if args.json else []))
+        if args.command == "investigate":
+            from receiver.rca.investigate_cli import run as run_investigate
+
+            return run_investigate(args.since, args.service, args.api, args.token, args.json)
         if args.command == "demo":
             from receiver.sim.demo import main as demo_main
 

@@ -52,6 +52,7 @@ class ApiSources:
     add_resolution: Callable[[str, str, str], dict[str, Any] | None] | None = None
     known_bad: Callable[[str | None], list[dict[str, Any]]] | None = None
     mark_normal: Callable[[str, int], bool] | None = None
+    investigate: Callable[[int, int, str | None], dict[str, Any] | None] | None = None
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -109,6 +110,7 @@ class ApiServer:
             web.post("/api/v1/incidents/{id}/resolution", self.resolution),
             web.get("/api/v1/detect/known-bad", self.list_known_bad),
             web.post("/api/v1/detect/normal", self.normal),
+            web.post("/api/v1/investigate", self.investigate),
         ])
         return app
 
@@ -228,6 +230,25 @@ class ApiServer:
         if not await self._call(self.sources.mark_normal, service, tid):
             return _error(404, f"service {service!r} remembers no failure template {tid}")
         return web.json_response({"service": service, "template_id": tid, "normal": True})
+
+    async def investigate(self, request: web.Request) -> web.Response:
+        """`{"start": NANOS, "end": NANOS, "service": NAME?}` (event time, unix nanoseconds): rank the
+        root-cause candidates of that window and answer with the `rca.report` it stored and exported."""
+        if self.sources.investigate is None:
+            return _error(404, "root-cause analysis is not enabled")
+        body = await _json_object(request)
+        ok = body is not None and all(isinstance(body.get(k), int) and not isinstance(body.get(k), bool)
+                                      for k in ("start", "end"))
+        if not ok or (body is not None and body.get("service") is not None
+                      and not isinstance(body.get("service"), str)):
+            return _error(400, "body must be a JSON object with integer 'start' and 'end' (unix nanoseconds) "
+                          "and an optional string 'service'")
+        assert body is not None
+        service = body["service"][:1024] if body.get("service") else None
+        row = await self._call(self.sources.investigate, body["start"], body["end"], service)
+        if row is None:
+            return _error(404, "no service shows any evidence in that window")
+        return web.json_response(row)
 
     async def resolution(self, request: web.Request) -> web.Response:
         if self.sources.add_resolution is None:

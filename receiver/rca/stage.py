@@ -397,6 +397,23 @@ class RcaStage:
                     baseline_s=self.config.baseline_s, weights=self.weights,
                     max_candidates=max(self.config.max_candidates, len(anomalous)))
 
+    def investigate_report(self, start_ns: int, end_ns: int, service: str | None = None) -> Finding | None:
+        """`investigate` for a window an SRE names, turned into an `rca.report` (`rca.on_demand` true)
+        that goes the way of every report (stored, exported, grouped into incidents) and is returned.
+        None when no service shows any evidence in the window (nothing to explain)."""
+        if end_ns <= start_ns:
+            raise ValueError("end must be after start")
+        result = self.investigate(start_ns, end_ns, service)
+        if not result.ranked or result.features[result.root].local <= 0:
+            return None
+        inc = _Incident(uuid.uuid4().hex, start_ns, end_ns, end_ns, order=list(result.candidates))
+        g = self.call_graph()
+        with self._lock:
+            rep = self._report(inc, result, g, start_ns, end_ns)
+        rep.attributes["rca.on_demand"] = True
+        self.next.consume_findings([rep])
+        return rep
+
     # --- analysis ------------------------------------------------------------------------
     def call_graph(self) -> nx.DiGraph:
         g = self.signals.digraph()
